@@ -1,0 +1,201 @@
+//! Sandbox throughput: the blocking handler through wasmtime, with a fresh
+//! instance per batch (what the node does) and with a reused instance, at
+//! batch sizes 1 and 100, against the same handler logic called natively in
+//! the same run. Machines here are shared and noisy: read the ratios.
+//!
+//! Needs `target/handlers/blocking.wasm` (`just bench` builds it).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use herald::effects::{Effect, EffectFuture, Effects};
+use herald::event::{BlockAction, Body, Event, IpBlock};
+use herald::manifest::Manifest;
+use herald::sandbox::{Loaded, Sandbox, SandboxConfig};
+
+const EVENTS: usize = 20_000;
+const ROUNDS: usize = 5;
+
+/// Applies nothing, counts blocks: the same work as the native host below.
+#[derive(Default)]
+struct Counter(AtomicU64);
+
+impl Effects for Counter {
+    fn apply<'a>(&'a self, _: &'a str, effect: Effect) -> EffectFuture<'a> {
+        if let Effect::Block { .. } = effect {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        Box::pin(async { Ok(None) })
+    }
+}
+
+struct NativeHost(AtomicU64);
+
+impl herald_guest::Host for NativeHost {
+    fn log(&self, _: herald_guest::Level, _: &str) {}
+    fn setting(&self, _: &str) -> Option<String> {
+        Some(String::new())
+    }
+    fn notify_idle(&self, _: u32, _: u64, _: herald_guest::DataTypes) {}
+    fn deliver_push(
+        &self,
+        _: &str,
+        _: &herald_guest::PushMessage,
+    ) -> Result<(), herald_guest::DeliveryError> {
+        Ok(())
+    }
+    fn block(&self, network: &str, reason: &str, _: Option<u64>) -> Result<(), String> {
+        std::hint::black_box((network, reason));
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn unblock(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn install_certificate(&self, _: &herald_guest::Certificate) -> Result<(), String> {
+        Ok(())
+    }
+    fn publish(&self, _: &str, _: &herald_guest::Body) -> Result<String, String> {
+        Ok(String::new())
+    }
+}
+
+fn events() -> Vec<Event> {
+    (0..EVENTS)
+        .map(|i| {
+            let mut e = Event::new(
+                "node-2",
+                Body::IpBlock(IpBlock {
+                    ip: format!("198.51.{}.{}", (i / 250) % 250, i % 250),
+                    action: BlockAction::Block,
+                    reason: "auth failures from this address".into(),
+                    expires_at: Some(1_795_693_600_000),
+                }),
+            );
+            e.position.topic = "herald.events".into();
+            e
+        })
+        .collect()
+}
+
+fn native_events(events: &[Event]) -> Vec<herald_guest::Event> {
+    events
+        .iter()
+        .map(|e| {
+            let Body::IpBlock(b) = &e.body else {
+                unreachable!()
+            };
+            herald_guest::Event {
+                id: e.id.clone(),
+                origin: e.origin.clone(),
+                timestamp: e.ts,
+                position: herald_guest::Position {
+                    topic: e.position.topic.clone(),
+                    partition: 0,
+                    offset: 0,
+                },
+                body: herald_guest::Body::IpBlock(herald_guest::IpBlock {
+                    ip: b.ip.clone(),
+                    action: herald_guest::BlockAction::Block,
+                    reason: b.reason.clone(),
+                    expires_at: b.expires_at,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Median time over ROUNDS runs of `f`.
+fn median(mut f: impl FnMut() -> Duration) -> Duration {
+    let mut runs: Vec<Duration> = (0..ROUNDS).map(|_| f()).collect();
+    runs.sort();
+    runs[ROUNDS / 2]
+}
+
+async fn fresh(sb: &Sandbox, h: &Loaded, events: &[Event], batch: usize) -> Duration {
+    let effects = Arc::new(Counter::default());
+    let start = Instant::now();
+    for chunk in events.chunks(batch) {
+        sb.call(h, chunk, effects.clone()).await.unwrap();
+    }
+    let took = start.elapsed();
+    assert_eq!(effects.0.load(Ordering::Relaxed), events.len() as u64);
+    took
+}
+
+async fn reused(sb: &Sandbox, h: &Loaded, events: &[Event], batch: usize) -> Duration {
+    let effects = Arc::new(Counter::default());
+    let mut session = sb.session(h, effects.clone()).await.unwrap();
+    let start = Instant::now();
+    for chunk in events.chunks(batch) {
+        session.call(chunk).await.unwrap();
+    }
+    let took = start.elapsed();
+    assert_eq!(effects.0.load(Ordering::Relaxed), events.len() as u64);
+    took
+}
+
+fn native(events: &[herald_guest::Event], batch: usize) -> Duration {
+    let host = NativeHost(AtomicU64::new(0));
+    let start = Instant::now();
+    for chunk in events.chunks(batch) {
+        std::hint::black_box(herald_guest::handle::<herald_handler_blocking::Blocking>(
+            &host, chunk,
+        ));
+    }
+    let took = start.elapsed();
+    assert_eq!(host.0.load(Ordering::Relaxed), events.len() as u64);
+    took
+}
+
+fn main() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm = root.join("target/handlers/blocking.wasm");
+    let bytes = std::fs::read(&wasm)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `just build`)", wasm.display()));
+    let mut manifest = Manifest::load(&root.join("handlers/blocking/blocking.toml")).unwrap();
+    manifest.limits.deadline = Duration::from_secs(60);
+    let sb = Sandbox::new(SandboxConfig {
+        cache_dir: None,
+        max_instances: 16,
+    })
+    .unwrap();
+    let h = sb.load(&bytes, manifest).unwrap();
+    let events = events();
+    let natives = native_events(&events);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    println!(
+        "blocking handler, {EVENTS} ip-block events, median of {ROUNDS} runs (same process, same run)\n"
+    );
+    println!(
+        "{:<28} {:>6} {:>14} {:>10} {:>12}",
+        "mode", "batch", "events/s", "µs/event", "vs native"
+    );
+    for batch in [1usize, 100] {
+        let base = median(|| native(&natives, batch));
+        let rows = [
+            ("native (same logic)", base),
+            (
+                "wasm, fresh instance/batch",
+                median(|| rt.block_on(fresh(&sb, &h, &events, batch))),
+            ),
+            (
+                "wasm, reused instance",
+                median(|| rt.block_on(reused(&sb, &h, &events, batch))),
+            ),
+        ];
+        for (name, took) in rows {
+            let per = took.as_secs_f64() * 1e6 / EVENTS as f64;
+            println!(
+                "{name:<28} {batch:>6} {:>14.0} {per:>10.3} {:>11.1}x",
+                EVENTS as f64 / took.as_secs_f64(),
+                took.as_secs_f64() / base.as_secs_f64()
+            );
+        }
+    }
+}

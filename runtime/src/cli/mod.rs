@@ -1,0 +1,3 @@
+//! The `herald` command line: one module per command group.
+
+pub mod handler;

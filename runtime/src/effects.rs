@@ -1,0 +1,131 @@
+//! What handlers ask of the node.
+//!
+//! Handlers decide; the host applies. Every capability call a handler makes
+//! becomes an [`Effect`] handed to an [`Effects`] implementation: the node's
+//! real one applies it (blocklist, IDLE subscribers, push client, certificate
+//! store, producer), while [`Recorder`] only writes it down, for
+//! `herald handler test` and tests.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::event::{Body, DataTypes, Urgency};
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "effect", rename_all = "kebab-case")]
+pub enum Effect {
+    #[serde(rename_all = "camelCase")]
+    IdleNotify {
+        account_id: u32,
+        change_id: u64,
+        types: DataTypes,
+    },
+    #[serde(rename_all = "camelCase")]
+    PushDeliver {
+        event_id: String,
+        endpoint: String,
+        payload: String,
+        ttl: u32,
+        urgency: Urgency,
+    },
+    #[serde(rename_all = "camelCase")]
+    Block {
+        network: String,
+        reason: String,
+        expires_at: Option<u64>,
+    },
+    Unblock {
+        network: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    InstallCertificate {
+        domains: Vec<String>,
+        not_after: u64,
+        // Never printed or logged: the private key stays out of reports.
+        #[serde(skip)]
+        chain_pem: String,
+        #[serde(skip)]
+        private_key_pem: String,
+    },
+    Publish {
+        key: String,
+        kind: &'static str,
+        #[serde(serialize_with = "body_json")]
+        body: Body,
+    },
+}
+
+fn body_json<S: serde::Serializer>(body: &Body, s: S) -> Result<S::Ok, S::Error> {
+    body.to_json().serialize(s)
+}
+
+/// Why an effect could not be applied. Handlers see the same three cases.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EffectError {
+    /// Might work later (network error, 429, 5xx, producer queue full).
+    #[error("transient: {0}")]
+    Transient(String),
+    /// The target no longer exists (push subscription gone).
+    #[error("gone: {0}")]
+    Gone(String),
+    /// Will never work as asked (malformed network, bad certificate).
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
+
+/// What a successful effect returns: the new event id for `Publish`.
+pub type Reply = Option<String>;
+
+pub type EffectFuture<'a> = Pin<Box<dyn Future<Output = Result<Reply, EffectError>> + Send + 'a>>;
+
+/// Applies effects on the node. `handler` names who asked, for logs and
+/// metrics.
+pub trait Effects: Send + Sync + 'static {
+    fn apply<'a>(&'a self, handler: &'a str, effect: Effect) -> EffectFuture<'a>;
+}
+
+/// Writes effects down instead of applying them. Push deliveries can be made
+/// to fail, to see how a handler reacts.
+#[derive(Default)]
+pub struct Recorder {
+    effects: Mutex<Vec<Effect>>,
+    push_failure: Mutex<Option<EffectError>>,
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        Recorder::default()
+    }
+
+    /// Every later push delivery fails with `error`.
+    pub fn fail_push(&self, error: EffectError) {
+        *self.push_failure.lock().unwrap() = Some(error);
+    }
+
+    /// Everything recorded so far, emptying the record.
+    pub fn take(&self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects.lock().unwrap())
+    }
+}
+
+impl Effects for Recorder {
+    fn apply<'a>(&'a self, _handler: &'a str, effect: Effect) -> EffectFuture<'a> {
+        Box::pin(async move {
+            let reply = match &effect {
+                Effect::PushDeliver { .. } => {
+                    if let Some(err) = self.push_failure.lock().unwrap().clone() {
+                        return Err(err);
+                    }
+                    None
+                }
+                Effect::Publish { .. } => Some(uuid::Uuid::now_v7().to_string()),
+                _ => None,
+            };
+            self.effects.lock().unwrap().push(effect);
+            Ok(reply)
+        })
+    }
+}

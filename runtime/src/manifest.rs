@@ -1,0 +1,302 @@
+//! A handler's manifest: the deployer's file beside the `.wasm`.
+//!
+//! `blocking.wasm` is configured by `blocking.toml`. The manifest, not the
+//! component, decides what the handler may do: which event kinds reach it,
+//! whether every node or one node per cluster handles them, which host
+//! capabilities it is granted and how much time and memory a call may use.
+//!
+//! ```toml
+//! version = "1.2.0"                    # optional, shown by the API
+//! subscribe = ["ip-block"]
+//! mode = "broadcast"                   # or "shared"
+//! capabilities = ["blocklist"]         # log and config are always granted
+//! [limits]
+//! deadline = "100ms"                   # per call (one batch)
+//! memory = "32MiB"                     # linear memory cap per instance
+//! [settings]                           # read by the handler (config.get)
+//! allowlist = "192.0.2.0/24, 2001:db8::1"
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use serde::Deserialize;
+
+use crate::event::KINDS;
+
+/// Largest memory cap a manifest may ask for; the pooling allocator reserves
+/// address space for it in every slot.
+pub const MAX_MEMORY: u64 = 1 << 30;
+pub const DEFAULT_MEMORY: u64 = 64 << 20;
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Every node handles every event (the node's own consumer group).
+    Broadcast,
+    /// One node in the cluster handles each event (the common group).
+    Shared,
+}
+
+/// A host interface a handler may import.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Capability {
+    Log,
+    Config,
+    Idle,
+    Push,
+    Blocklist,
+    Certificates,
+    Publish,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 7] = [
+        Capability::Log,
+        Capability::Config,
+        Capability::Idle,
+        Capability::Push,
+        Capability::Blocklist,
+        Capability::Certificates,
+        Capability::Publish,
+    ];
+
+    /// Granted to every handler: they reach nothing outside the handler.
+    pub const IMPLICIT: [Capability; 2] = [Capability::Log, Capability::Config];
+
+    /// The WIT interface name, without package.
+    pub fn interface(self) -> &'static str {
+        match self {
+            Capability::Log => "log",
+            Capability::Config => "config",
+            Capability::Idle => "idle",
+            Capability::Push => "push",
+            Capability::Blocklist => "blocklist",
+            Capability::Certificates => "certificates",
+            Capability::Publish => "publish",
+        }
+    }
+
+    pub fn from_interface(name: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.interface() == name)
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.interface())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock budget of one call, host calls included.
+    pub deadline: Duration,
+    /// Cap on the instance's linear memory, in bytes.
+    pub memory: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline: DEFAULT_DEADLINE,
+            memory: DEFAULT_MEMORY,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    /// Event kinds, validated against [`KINDS`].
+    pub subscribe: BTreeSet<String>,
+    pub mode: Mode,
+    /// Granted capabilities, the implicit ones included.
+    pub capabilities: BTreeSet<Capability>,
+    pub limits: Limits,
+    pub settings: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+    subscribe: Vec<String>,
+    mode: Mode,
+    #[serde(default)]
+    capabilities: Vec<Capability>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    settings: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    deadline: Option<String>,
+    #[serde(default)]
+    memory: Option<String>,
+}
+
+impl Manifest {
+    /// The manifest that belongs to a component: same stem, `.toml`.
+    pub fn path_for(wasm: &Path) -> PathBuf {
+        wasm.with_extension("toml")
+    }
+
+    /// Read and validate `path`. Errors name the file and the field.
+    pub fn load(path: &Path) -> anyhow::Result<Manifest> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read manifest", path.display()))?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("handler");
+        Manifest::parse(&text, stem).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Parse manifest text; `default_name` is the file stem.
+    pub fn parse(text: &str, default_name: &str) -> anyhow::Result<Manifest> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
+        let raw: Raw =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                if path == "." {
+                    anyhow!("{}", e.inner())
+                } else {
+                    anyhow!("field `{path}`: {}", e.inner())
+                }
+            })?;
+        for kind in &raw.subscribe {
+            if !KINDS.contains(&kind.as_str()) {
+                bail!(
+                    "field `subscribe`: unknown event kind `{kind}`, expected one of {}",
+                    KINDS.join(", ")
+                );
+            }
+        }
+        if raw.subscribe.is_empty() {
+            bail!("field `subscribe`: a handler must subscribe to at least one event kind");
+        }
+        let mut limits = Limits::default();
+        if let Some(d) = &raw.limits.deadline {
+            limits.deadline = parse_duration(d).context("field `limits.deadline`")?;
+            if limits.deadline.is_zero() {
+                bail!("field `limits.deadline`: must be more than 0");
+            }
+        }
+        if let Some(m) = &raw.limits.memory {
+            limits.memory = parse_size(m).context("field `limits.memory`")?;
+            if limits.memory > MAX_MEMORY {
+                bail!(
+                    "field `limits.memory`: {m} is more than the most herald allows ({})",
+                    bytesize::ByteSize(MAX_MEMORY).display().iec()
+                );
+            }
+        }
+        let mut capabilities: BTreeSet<Capability> = raw.capabilities.into_iter().collect();
+        capabilities.extend(Capability::IMPLICIT);
+        Ok(Manifest {
+            name: raw.name.unwrap_or_else(|| default_name.to_string()),
+            version: raw.version.unwrap_or_else(|| "0.0.0".to_string()),
+            subscribe: raw.subscribe.into_iter().collect(),
+            mode: raw.mode,
+            capabilities,
+            limits,
+            settings: raw.settings,
+        })
+    }
+
+    pub fn subscribes_to(&self, kind: &str) -> bool {
+        self.subscribe.contains(kind)
+    }
+}
+
+/// "500ms", "5s", "1m", "1h 30m".
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| anyhow!("`{s}` is not a duration like \"500ms\", \"5s\" or \"1m\": {e}"))
+}
+
+/// "64MiB", "512 KiB", "1GiB" (or plain bytes).
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| anyhow!("`{s}` is not a size like \"64MiB\": {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_manifest() {
+        let m = Manifest::parse(
+            r#"
+            version = "1.2.0"
+            subscribe = ["ip-block"]
+            mode = "broadcast"
+            capabilities = ["blocklist"]
+            [limits]
+            deadline = "100ms"
+            memory = "32MiB"
+            [settings]
+            allowlist = "192.0.2.0/24"
+            "#,
+            "blocking",
+        )
+        .unwrap();
+        assert_eq!(m.name, "blocking");
+        assert_eq!(m.limits.deadline, Duration::from_millis(100));
+        assert_eq!(m.limits.memory, 32 << 20);
+        assert!(m.capabilities.contains(&Capability::Blocklist));
+        assert!(m.capabilities.contains(&Capability::Log));
+        assert!(!m.capabilities.contains(&Capability::Push));
+        assert_eq!(m.settings["allowlist"], "192.0.2.0/24");
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Manifest::parse(text, "h").unwrap_err())
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err("subscribe = [\"ip-block\"]\nmode = \"everywhere\"");
+        assert!(
+            e.contains("field `mode`") && e.contains("everywhere"),
+            "{e}"
+        );
+        let e = err("subscribe = [\"ip-blok\"]\nmode = \"shared\"");
+        assert!(
+            e.contains("field `subscribe`") && e.contains("ip-blok"),
+            "{e}"
+        );
+        let e = err("subscribe = [\"push\"]\nmode = \"shared\"\ncapabilities = [\"network\"]");
+        assert!(e.contains("field `capabilities[0]`"), "{e}");
+        let e = err("subscribe = [\"push\"]\nmode = \"shared\"\n[limits]\ndeadline = \"soon\"");
+        assert!(
+            e.contains("field `limits.deadline`") && e.contains("soon"),
+            "{e}"
+        );
+        let e = err("subscribe = [\"push\"]\nmode = \"shared\"\n[limits]\nmemory = \"8GiB\"");
+        assert!(e.contains("field `limits.memory`"), "{e}");
+        let e = err("subscribe = [\"push\"]\nmode = \"shared\"\ntimeout = 3");
+        assert!(e.contains("timeout"), "{e}");
+        let e = err("mode = \"shared\"");
+        assert!(e.contains("subscribe"), "{e}");
+    }
+}

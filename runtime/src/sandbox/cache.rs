@@ -1,0 +1,81 @@
+//! On-disk cache of compiled components (`.cwasm`).
+//!
+//! Compiling a component takes tens of milliseconds per handler, loading a
+//! precompiled one a fraction of a millisecond, so a node restart or a hot
+//! reload should not compile again. Entries are keyed by the SHA-256 of the
+//! `.wasm` and by the engine's compatibility hash (wasmtime version, target,
+//! and the settings that change the generated code), so a changed engine never
+//! loads code compiled for another.
+//!
+//! Deserialising a `.cwasm` runs its code natively: the cache directory must
+//! be writable by herald alone. A corrupt or stale entry is compiled again
+//! and replaced.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+pub struct Cache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+impl Cache {
+    pub fn new(engine: &Engine, dir: PathBuf) -> anyhow::Result<Cache> {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the compile cache {}", dir.display()))?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        Ok(Cache {
+            dir,
+            engine_key: format!("{:016x}", h.finish()),
+        })
+    }
+
+    fn path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}-{}.cwasm", self.engine_key))
+    }
+
+    /// The compiled component for `wasm`, from the cache when it is there.
+    /// Returns whether it was a cache hit.
+    pub fn component(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        digest: &str,
+    ) -> anyhow::Result<(Component, bool)> {
+        let path = self.path(digest);
+        if path.exists() {
+            // SAFETY: the file was written by `store` below from bytes that
+            // wasmtime compiled, in a directory only herald writes to.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(c) => return Ok((c, true)),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                    "discarding unusable compiled component"),
+            }
+        }
+        let component = Component::new(engine, wasm)?;
+        if let Err(e) = store(&path, &component) {
+            tracing::warn!(path = %path.display(), error = %format!("{e:#}"),
+                "cannot write the compile cache; carrying on without it");
+        }
+        Ok((component, false))
+    }
+}
+
+fn store(path: &Path, component: &Component) -> anyhow::Result<()> {
+    let bytes = component.serialize()?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Hex SHA-256 of the component bytes: its identity in logs and the API.
+pub fn digest(wasm: &[u8]) -> String {
+    hex::encode(Sha256::digest(wasm))
+}

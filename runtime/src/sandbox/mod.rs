@@ -1,0 +1,505 @@
+//! The sandbox: runs handler components under wasmtime.
+//!
+//! One [`Sandbox`] per process owns the engine (component model, async,
+//! pooling allocator, epoch interruption) and a linker holding WASI with no
+//! authority (no files, sockets or environment) plus herald's capability
+//! interfaces. [`Sandbox::load`] compiles a component (or takes it from the
+//! `.cwasm` cache), refuses it if it imports a capability its manifest does not
+//! grant, and keeps one `InstancePre`. [`Sandbox::call`] runs one batch in a
+//! fresh instance with the handler's deadline and memory cap; whatever the
+//! guest does, the failure stays in that call and the instance is discarded.
+
+mod bindings;
+mod cache;
+mod host;
+mod stdio;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap,
+};
+use wasmtime_wasi::WasiCtxBuilder;
+
+pub use bindings::body_from_wit;
+use bindings::{Handler, HandlerPre, wit};
+use host::HostState;
+use stdio::GuestOutput;
+
+use crate::effects::Effects;
+use crate::event::Event;
+use crate::manifest::{Capability, MAX_MEMORY, Manifest};
+
+/// The WIT package handlers are written against.
+pub const PACKAGE: &str = "herald:coordination";
+
+/// How often the epoch advances: the resolution of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// A handler's verdict on one event, as the host sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", content = "reason", rename_all = "kebab-case")]
+pub enum Outcome {
+    Ok,
+    Retry(String),
+    Reject(String),
+}
+
+/// Why a call produced no outcomes. The whole batch is concerned.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct CallError {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The call ran past its deadline and was interrupted.
+    Deadline,
+    /// The guest tried to grow its memory past the cap.
+    Memory,
+    /// The guest panicked.
+    Panic,
+    /// Any other trap.
+    Trap,
+    /// The instance could not be created (pool exhausted, start trapped).
+    Instantiate,
+    /// The guest broke the contract (wrong number of outcomes).
+    Contract,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Deadline => "deadline",
+            FailureKind::Memory => "memory",
+            FailureKind::Panic => "panic",
+            FailureKind::Trap => "trap",
+            FailureKind::Instantiate => "instantiate",
+            FailureKind::Contract => "contract",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Where compiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances that may be alive at once across all handlers.
+    pub max_instances: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            cache_dir: default_cache_dir(),
+            max_instances: 256,
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/herald/components`, else `~/.cache/herald/components`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("herald").join("components"))
+}
+
+pub struct Sandbox {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    cache: Option<cache::Cache>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A handler ready to run: its manifest and its pre-linked component.
+pub struct Loaded {
+    pub manifest: Arc<Manifest>,
+    /// SHA-256 of the `.wasm`.
+    pub digest: String,
+    /// Whether the compiled code came from the `.cwasm` cache.
+    pub from_cache: bool,
+    name: Arc<str>,
+    settings: Arc<BTreeMap<String, String>>,
+    pre: HandlerPre<HostState>,
+}
+
+/// A component's interface, for `herald handler inspect`.
+#[derive(Debug, serde::Serialize)]
+pub struct Inspection {
+    pub digest: String,
+    pub world: Option<&'static str>,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// herald capabilities the component needs granted.
+    pub capabilities: Vec<Capability>,
+}
+
+impl Sandbox {
+    pub fn new(cfg: SandboxConfig) -> anyhow::Result<Sandbox> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(cfg.max_instances)
+            // A Rust guest is a few core instances (the module plus shims)
+            // with one memory and a couple of tables.
+            .total_core_instances(cfg.max_instances * 4)
+            .total_memories(cfg.max_instances)
+            .total_tables(cfg.max_instances * 4)
+            .max_memory_size(MAX_MEMORY as usize);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+
+        let cache = match cfg.cache_dir {
+            Some(dir) => Some(cache::Cache::new(&engine, dir)?),
+            None => None,
+        };
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (e, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("herald-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    e.increment_epoch();
+                }
+            })?;
+
+        Ok(Sandbox {
+            engine,
+            linker: Arc::new(linker),
+            cache,
+            ticker_stop,
+        })
+    }
+
+    fn compile(&self, wasm: &[u8], digest: &str) -> anyhow::Result<(Component, bool)> {
+        match &self.cache {
+            Some(c) => c.component(&self.engine, wasm, digest),
+            None => Ok((Component::new(&self.engine, wasm)?, false)),
+        }
+    }
+
+    /// Load `wasm` (a file) with the manifest beside it.
+    pub fn load_file(&self, wasm: &Path) -> anyhow::Result<Loaded> {
+        let manifest = Manifest::load(&Manifest::path_for(wasm))?;
+        let bytes =
+            std::fs::read(wasm).with_context(|| format!("{}: cannot read", wasm.display()))?;
+        self.load(&bytes, manifest)
+            .with_context(|| format!("{}", wasm.display()))
+    }
+
+    /// Compile (or fetch from the cache) and check a component against its
+    /// manifest's grants.
+    pub fn load(&self, wasm: &[u8], manifest: Manifest) -> anyhow::Result<Loaded> {
+        let digest = cache::digest(wasm);
+        let (component, from_cache) = self
+            .compile(wasm, &digest)
+            .context("not a valid WebAssembly component")?;
+        check_imports(&self.engine, &component, &manifest)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("cannot link the component")?;
+        let pre = HandlerPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .context("the component is not a herald handler")?;
+        Ok(Loaded {
+            name: manifest.name.as_str().into(),
+            settings: Arc::new(manifest.settings.clone()),
+            manifest: Arc::new(manifest),
+            digest,
+            from_cache,
+            pre,
+        })
+    }
+
+    /// Describe a component without running it.
+    pub fn inspect(&self, wasm: &[u8]) -> anyhow::Result<Inspection> {
+        let digest = cache::digest(wasm);
+        let (component, _) = self
+            .compile(wasm, &digest)
+            .context("not a valid WebAssembly component")?;
+        let ty = component.component_type();
+        let describe = |name: &str, item: ComponentItem| {
+            let what = match item {
+                ComponentItem::ComponentFunc(_) => "func",
+                ComponentItem::CoreFunc(_) => "core func",
+                ComponentItem::Module(_) => "module",
+                ComponentItem::Component(_) => "component",
+                ComponentItem::ComponentInstance(_) => "instance",
+                ComponentItem::Type(_) => "type",
+                ComponentItem::Resource(_) => "resource",
+            };
+            format!("{what} {name}")
+        };
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, i)| describe(n, i.ty))
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, i)| describe(n, i.ty))
+            .collect();
+        let capabilities = ty
+            .imports(&self.engine)
+            .filter_map(|(n, _)| herald_interface(n).and_then(Capability::from_interface))
+            .collect();
+        let is_handler = ty
+            .exports(&self.engine)
+            .any(|(n, i)| n == "handle" && matches!(i.ty, ComponentItem::ComponentFunc(_)));
+        Ok(Inspection {
+            digest,
+            world: is_handler.then_some("herald:coordination/handler@0.1.0"),
+            imports,
+            exports,
+            capabilities,
+        })
+    }
+
+    /// Run one batch in a fresh instance.
+    pub async fn call(
+        &self,
+        handler: &Loaded,
+        events: &[Event],
+        effects: Arc<dyn Effects>,
+    ) -> Result<Vec<Outcome>, CallError> {
+        let mut session = self.session(handler, effects).await?;
+        session.call(events).await
+    }
+
+    /// Instantiate a handler for several calls. The node uses a fresh
+    /// instance per batch ([`Sandbox::call`]); reuse is for benchmarks.
+    pub async fn session(
+        &self,
+        handler: &Loaded,
+        effects: Arc<dyn Effects>,
+    ) -> Result<Session, CallError> {
+        let stdout = GuestOutput::default();
+        let stderr = GuestOutput::default();
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = HostState {
+            handler: handler.name.clone(),
+            settings: handler.settings.clone(),
+            effects,
+            wasi,
+            table: Default::default(),
+            limits: MemoryCap::new(handler.manifest.limits.memory),
+            stdout,
+            stderr,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        let deadline = handler.manifest.limits.deadline;
+        set_deadline(&mut store, deadline);
+        let instance = match handler.pre.instantiate_async(&mut store).await {
+            Ok(i) => i,
+            Err(e) => {
+                let err = classify(&mut store, e, FailureKind::Instantiate);
+                flush_output(&mut store);
+                return Err(err);
+            }
+        };
+        Ok(Session {
+            store,
+            instance,
+            deadline,
+        })
+    }
+}
+
+/// An instantiated handler.
+pub struct Session {
+    store: Store<HostState>,
+    instance: Handler,
+    deadline: Duration,
+}
+
+impl Session {
+    pub async fn call(&mut self, events: &[Event]) -> Result<Vec<Outcome>, CallError> {
+        let batch: Vec<wit::Event> = events.iter().map(bindings::event_to_wit).collect();
+        set_deadline(&mut self.store, self.deadline);
+        let result = self.instance.call_handle(&mut self.store, &batch).await;
+        let result = match result {
+            Ok(outcomes) if outcomes.len() == events.len() => Ok(outcomes
+                .into_iter()
+                .map(|o| match o {
+                    wit::Outcome::Ok => Outcome::Ok,
+                    wit::Outcome::Retry(r) => Outcome::Retry(r),
+                    wit::Outcome::Reject(r) => Outcome::Reject(r),
+                })
+                .collect()),
+            Ok(outcomes) => Err(CallError {
+                kind: FailureKind::Contract,
+                message: format!(
+                    "returned {} outcomes for {} events",
+                    outcomes.len(),
+                    events.len()
+                ),
+            }),
+            Err(e) => Err(classify(&mut self.store, e, FailureKind::Trap)),
+        };
+        flush_output(&mut self.store);
+        result
+    }
+}
+
+fn set_deadline(store: &mut Store<HostState>, deadline: Duration) {
+    let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64;
+    // One tick more: the tick in progress may be almost over.
+    store.set_epoch_deadline(ticks + 1);
+}
+
+/// Turn a wasmtime error into what went wrong, in the guest's words where it
+/// left any (a Rust panic message goes to stderr before the trap).
+fn classify(store: &mut Store<HostState>, e: wasmtime::Error, default: FailureKind) -> CallError {
+    let trap = e.downcast_ref::<Trap>().copied();
+    let (stderr, _) = store.data().stderr.drain();
+    // Put the lines back for flush_output to log them.
+    let panic_at = stderr.iter().position(|l| l.contains("panicked at"));
+    let kind = if store.data().limits.hit {
+        FailureKind::Memory
+    } else if trap == Some(Trap::Interrupt) {
+        FailureKind::Deadline
+    } else if panic_at.is_some() {
+        FailureKind::Panic
+    } else {
+        default
+    };
+    let message = match kind {
+        FailureKind::Deadline => "ran past its deadline and was interrupted".to_string(),
+        FailureKind::Memory => format!(
+            "tried to grow its memory past the cap of {}",
+            bytesize::ByteSize(store.data().limits.cap).display().iec()
+        ),
+        FailureKind::Panic => stderr[panic_at.unwrap_or(0)..].join(" "),
+        _ => format!("{e:#}"),
+    };
+    let handler = store.data().handler.clone();
+    for line in &stderr {
+        tracing::warn!(handler = %handler, stream = "stderr", "{line}");
+    }
+    CallError { kind, message }
+}
+
+fn flush_output(store: &mut Store<HostState>) {
+    let data = store.data();
+    for (name, out) in [("stdout", &data.stdout), ("stderr", &data.stderr)] {
+        let (lines, dropped) = out.drain();
+        for line in lines {
+            tracing::info!(handler = %data.handler, stream = name, "{line}");
+        }
+        if dropped > 0 {
+            tracing::warn!(handler = %data.handler, stream = name, dropped,
+                "guest output over the per-call limit was dropped");
+        }
+    }
+}
+
+/// The per-instance memory cap, remembering whether the guest hit it so a
+/// failed call can say so.
+pub(crate) struct MemoryCap {
+    cap: u64,
+    hit: bool,
+}
+
+impl MemoryCap {
+    fn new(cap: u64) -> MemoryCap {
+        MemoryCap { cap, hit: false }
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = desired as u64 <= self.cap;
+        self.hit |= !ok;
+        Ok(ok)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// `herald:coordination/idle@0.1.0` → `idle`.
+fn herald_interface(import: &str) -> Option<&str> {
+    let rest = import.strip_prefix(PACKAGE)?.strip_prefix('/')?;
+    Some(rest.split('@').next().unwrap_or(rest))
+}
+
+/// Refuse a component that imports what its manifest does not grant, naming
+/// the interface, before anything of it runs.
+fn check_imports(
+    engine: &Engine,
+    component: &Component,
+    manifest: &Manifest,
+) -> anyhow::Result<()> {
+    for (name, _) in component.component_type().imports(engine) {
+        if let Some(iface) = herald_interface(name) {
+            if iface == "types" {
+                continue;
+            }
+            match Capability::from_interface(iface) {
+                Some(cap) if manifest.capabilities.contains(&cap) => {}
+                Some(cap) => bail!(
+                    "handler `{}` imports `{name}`, a capability its manifest does not grant \
+                     (add \"{cap}\" to `capabilities` to allow it)",
+                    manifest.name
+                ),
+                None => bail!("imports `{name}`, which this herald does not provide"),
+            }
+        } else if !name.starts_with("wasi:") {
+            bail!("imports `{name}`, which herald does not provide");
+        }
+    }
+    Ok(())
+}
