@@ -176,19 +176,21 @@ fn main() {
         "{:<28} {:>6} {:>14} {:>10} {:>12}",
         "mode", "batch", "events/s", "µs/event", "vs native"
     );
+    // `cargo bench --bench sandbox -- reused` runs only the rows whose name
+    // contains "reused" (and the native baseline), e.g. under a profiler.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     for batch in [1usize, 100] {
         let base = median(|| native(&natives, batch));
-        let rows = [
-            ("native (same logic)", base),
-            (
-                "wasm, fresh instance/batch",
-                median(|| rt.block_on(fresh(&sb, &h, &events, batch))),
-            ),
-            (
-                "wasm, reused instance",
-                median(|| rt.block_on(reused(&sb, &h, &events, batch))),
-            ),
-        ];
+        let mut rows = vec![("native (same logic)", base)];
+        if wanted("wasm, fresh instance/batch") {
+            let took = median(|| rt.block_on(fresh(&sb, &h, &events, batch)));
+            rows.push(("wasm, fresh instance/batch", took));
+        }
+        if wanted("wasm, reused instance") {
+            let took = median(|| rt.block_on(reused(&sb, &h, &events, batch)));
+            rows.push(("wasm, reused instance", took));
+        }
         for (name, took) in rows {
             let per = took.as_secs_f64() * 1e6 / EVENTS as f64;
             println!(

@@ -18,6 +18,8 @@ wasmtime::component::bindgen!({
         "herald:coordination/publish": async,
     },
     exports: { default: async },
+    // Events are lowered into the guest straight from the host's strings.
+    ownership: Borrowing { duplicate_if_necessary: true },
 });
 
 pub use herald::coordination::types as wit;
@@ -146,40 +148,65 @@ fn registry_action_from_wit(a: wit::RegistryAction) -> ev::RegistryAction {
     }
 }
 
-pub fn body_to_wit(body: &ev::Body) -> wit::Body {
+/// What a borrowed WIT event needs beside the host event: lists whose
+/// element type differs between the two (`&str` for `String`, WIT cache
+/// items). Empty for most kinds.
+#[derive(Default)]
+pub struct Scratch<'a> {
+    domains: Vec<&'a str>,
+    items: Vec<wit::CacheItem>,
+}
+
+impl<'a> Scratch<'a> {
+    pub fn for_body(body: &'a ev::Body) -> Scratch<'a> {
+        match body {
+            ev::Body::TlsCertificate(b) => Scratch {
+                domains: b.domains.iter().map(String::as_str).collect(),
+                items: Vec::new(),
+            },
+            ev::Body::CacheInvalidate(b) => Scratch {
+                domains: Vec::new(),
+                items: b.items.iter().map(cache_item_to_wit).collect(),
+            },
+            _ => Scratch::default(),
+        }
+    }
+}
+
+/// The body as the guest receives it, borrowing the host's strings so that
+/// nothing is copied before the canonical ABI copies it into the guest.
+pub fn body_to_wit<'a>(body: &'a ev::Body, scratch: &'a Scratch<'a>) -> wit::BodyParam<'a> {
     use ev::Body as B;
-    use wit::Body as W;
+    use wit::BodyParam as W;
     match body {
         B::StateChange(b) => W::StateChange(wit::StateChange {
             account_id: b.account_id,
             change_id: b.change_id,
             types: data_types_to_wit(b.types),
         }),
-        B::Push(b) => W::Push(wit::Push {
+        B::Push(b) => W::Push(wit::PushParam {
             account_id: b.account_id,
-            endpoint: b.endpoint.clone(),
-            payload: b.payload.clone(),
+            endpoint: &b.endpoint,
+            payload: &b.payload,
             ttl: b.ttl,
             urgency: urgency_to_wit(b.urgency),
         }),
-        B::IpBlock(b) => W::IpBlock(wit::IpBlock {
-            ip: b.ip.clone(),
+        B::IpBlock(b) => W::IpBlock(wit::IpBlockParam {
+            ip: &b.ip,
             action: match b.action {
                 ev::BlockAction::Block => wit::BlockAction::Block,
                 ev::BlockAction::Unblock => wit::BlockAction::Unblock,
             },
-            reason: b.reason.clone(),
+            reason: &b.reason,
             expires_at: b.expires_at,
         }),
-        B::TlsCertificate(b) => W::TlsCertificate(wit::TlsCertificate {
-            domains: b.domains.clone(),
-            certificate_pem: b.certificate_pem.clone(),
-            private_key_pem: b.private_key_pem.clone(),
+        B::TlsCertificate(b) => W::TlsCertificate(wit::TlsCertificateParam {
+            domains: &scratch.domains,
+            certificate_pem: &b.certificate_pem,
+            private_key_pem: &b.private_key_pem,
             not_after: b.not_after,
         }),
-        B::CacheInvalidate(b) => {
-            W::CacheInvalidate(b.items.iter().map(cache_item_to_wit).collect())
-        }
+        B::CacheInvalidate(_) => W::CacheInvalidate(&scratch.items),
         B::CacheInvalidateAll(b) => W::CacheInvalidateAll(match b.scope {
             ev::CacheScope::All => wit::CacheScope::All,
             ev::CacheScope::Negative => wit::CacheScope::Negative,
@@ -192,12 +219,12 @@ pub fn body_to_wit(body: &ev::Body) -> wit::Body {
             object_type: b.object_type,
             id: b.id,
         }),
-        B::CalendarAlert(b) => W::CalendarAlert(wit::CalendarAlert {
+        B::CalendarAlert(b) => W::CalendarAlert(wit::CalendarAlertParam {
             account_id: b.account_id,
             event_id: b.event_id,
             recurrence_id: b.recurrence_id,
-            uid: b.uid.clone(),
-            alert_id: b.alert_id.clone(),
+            uid: &b.uid,
+            alert_id: &b.alert_id,
         }),
         B::EmailPush(b) => W::EmailPush(wit::EmailPush {
             account_id: b.account_id,
@@ -208,9 +235,9 @@ pub fn body_to_wit(body: &ev::Body) -> wit::Body {
     }
 }
 
-pub fn body_from_wit(body: wit::Body) -> ev::Body {
+pub fn body_from_wit(body: wit::BodyResult) -> ev::Body {
     use ev::Body as B;
-    use wit::Body as W;
+    use wit::BodyResult as W;
     match body {
         W::StateChange(b) => B::StateChange(ev::StateChange {
             account_id: b.account_id,
@@ -272,16 +299,16 @@ pub fn body_from_wit(body: wit::Body) -> ev::Body {
     }
 }
 
-pub fn event_to_wit(e: &ev::Event) -> wit::Event {
+pub fn event_to_wit<'a>(e: &'a ev::Event, scratch: &'a Scratch<'a>) -> wit::Event<'a> {
     wit::Event {
-        id: e.id.clone(),
-        origin: e.origin.clone(),
+        id: &e.id,
+        origin: &e.origin,
         timestamp: e.ts,
         position: wit::Position {
-            topic: e.position.topic.clone(),
+            topic: &e.position.topic,
             partition: e.position.partition,
             offset: e.position.offset,
         },
-        body: body_to_wit(&e.body),
+        body: body_to_wit(&e.body, scratch),
     }
 }

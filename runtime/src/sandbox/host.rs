@@ -150,7 +150,7 @@ impl certificates::Host for HostState {
 }
 
 impl publish::Host for HostState {
-    async fn publish(&mut self, key: String, body: wit::Body) -> Result<String, String> {
+    async fn publish(&mut self, key: String, body: wit::BodyResult) -> Result<String, String> {
         let body = body_from_wit(body);
         let effect = Effect::Publish {
             key,

@@ -30,7 +30,7 @@ use wasmtime::{
 use wasmtime_wasi::WasiCtxBuilder;
 
 pub use bindings::body_from_wit;
-use bindings::{Handler, HandlerPre, wit};
+use bindings::{Handler, HandlerPre, Scratch, wit};
 use host::HostState;
 use stdio::GuestOutput;
 
@@ -356,7 +356,12 @@ pub struct Session {
 
 impl Session {
     pub async fn call(&mut self, events: &[Event]) -> Result<Vec<Outcome>, CallError> {
-        let batch: Vec<wit::Event> = events.iter().map(bindings::event_to_wit).collect();
+        let scratch: Vec<Scratch> = events.iter().map(|e| Scratch::for_body(&e.body)).collect();
+        let batch: Vec<wit::Event> = events
+            .iter()
+            .zip(&scratch)
+            .map(|(e, s)| bindings::event_to_wit(e, s))
+            .collect();
         set_deadline(&mut self.store, self.deadline);
         let result = self.instance.call_handle(&mut self.store, &batch).await;
         let result = match result {

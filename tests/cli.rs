@@ -1,0 +1,93 @@
+//! `herald handler test` and `herald handler inspect`, run as a user would:
+//! the real binary on real components.
+
+use std::process::Command;
+
+use herald_tests::{handler, herald_bin, ip_block_json, write_events};
+use serde_json::Value;
+
+fn handler_test(wasm: &str, events: &[Value]) -> (Vec<Value>, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_events(dir.path(), "events.jsonl", events);
+    let out = Command::new(herald_bin())
+        .args(["handler", "test"])
+        .arg(handler(wasm))
+        .arg(&file)
+        .env("XDG_CACHE_HOME", dir.path())
+        .output()
+        .unwrap();
+    let lines = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (lines, out.status.success())
+}
+
+#[test]
+fn blocking_shows_the_effect_and_rejects_garbage() {
+    let (lines, ok) = handler_test(
+        "blocking",
+        &[
+            ip_block_json("a", "203.0.113.7"),
+            ip_block_json("b", "not-an-ip"),
+        ],
+    );
+    assert!(ok);
+    assert_eq!(lines[0]["outcome"], "ok");
+    assert_eq!(lines[0]["effects"][0]["effect"], "block");
+    assert_eq!(lines[0]["effects"][0]["network"], "203.0.113.7");
+    assert_eq!(lines[1]["outcome"], "reject");
+    assert!(lines[1]["reason"].as_str().unwrap().contains("not-an-ip"));
+    assert_eq!(lines[1]["effects"], Value::Array(vec![]));
+}
+
+#[test]
+fn a_panic_is_reported_as_a_reject_with_its_message() {
+    let (lines, ok) = handler_test("fixtures/panic", &[ip_block_json("a", "203.0.113.7")]);
+    assert!(ok);
+    assert_eq!(lines[0]["outcome"], "reject");
+    assert_eq!(lines[0]["failure"], "panic");
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fixture panic on 203.0.113.7")
+    );
+}
+
+#[test]
+fn malformed_lines_are_named_and_fail_the_run() {
+    let bad = serde_json::json!({"v":1,"id":"x","kind":"ip-block","origin":"t","ts":1,"body":{}});
+    let (lines, ok) = handler_test("blocking", &[bad, ip_block_json("a", "203.0.113.7")]);
+    assert!(!ok, "a bad line must fail the run");
+    assert_eq!(lines[0]["line"], 1);
+    assert!(lines[0]["error"].as_str().unwrap().contains("`ip`"));
+    assert_eq!(
+        lines[1]["outcome"], "ok",
+        "the run carries on past a bad line"
+    );
+}
+
+#[test]
+fn inspect_names_world_and_capabilities() {
+    let out = Command::new(herald_bin())
+        .args(["handler", "inspect", "--json"])
+        .arg(handler("blocking"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["world"], "herald:coordination/handler@0.1.0");
+    assert_eq!(
+        info["capabilities"],
+        serde_json::json!(["config", "blocklist"])
+    );
+    assert!(
+        info["exports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "func handle")
+    );
+}

@@ -1,0 +1,66 @@
+//! Shared helpers for the end-to-end tests: where the built components and
+//! the `herald` binary are.
+//!
+//! The tests use what `just build` produced (real `.wasm` components from
+//! `handlers/`, the real binary); they fail, naming the missing file, rather
+//! than skip when it is absent.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `target/handlers`, or `$HERALD_HANDLERS`.
+pub fn handlers_dir() -> PathBuf {
+    std::env::var_os("HERALD_HANDLERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target").join("handlers"))
+}
+
+/// A built component, e.g. `handler("blocking")` or `handler("fixtures/spin")`.
+pub fn handler(name: &str) -> PathBuf {
+    let path = handlers_dir().join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `just build` first",
+        path.display()
+    );
+    path
+}
+
+/// The `herald` binary, or `$HERALD_BIN`.
+pub fn herald_bin() -> PathBuf {
+    let path = std::env::var_os("HERALD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root().join("target"));
+            target.join("release").join("herald")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run `just build` first",
+        path.display()
+    );
+    path
+}
+
+/// Write `lines` as a JSON-lines file in `dir`.
+pub fn write_events(dir: &Path, name: &str, lines: &[serde_json::Value]) -> PathBuf {
+    let path = dir.join(name);
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&path, text.join("\n") + "\n").unwrap();
+    path
+}
+
+/// An ip-block event in the public JSON form.
+pub fn ip_block_json(id: &str, ip: &str) -> serde_json::Value {
+    serde_json::json!({"v":1,"id":id,"kind":"ip-block","origin":"test","ts":1795690000000u64,
+        "body":{"ip":ip,"action":"block","reason":"test","expiresAt":null}})
+}
