@@ -9,7 +9,12 @@
 pub mod cli;
 pub mod cli_stalwart;
 pub mod codec;
+pub mod config;
+pub mod dispatch;
 pub mod effects;
 pub mod event;
+pub mod kafka;
 pub mod manifest;
+pub mod node;
+pub mod registry;
 pub mod sandbox;

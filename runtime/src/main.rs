@@ -18,12 +18,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node service: consume, handle, commit, until SIGTERM/SIGINT.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a node on an embedded Kafka cluster with sample events.
+    Demo {
+        /// The handler folder.
+        #[arg(long, default_value = "target/handlers")]
+        handlers: PathBuf,
+    },
+    /// Publish one event (JSON form; `-` reads stdin) and print where it landed.
+    Publish {
+        #[arg(long)]
+        config: PathBuf,
+        event: PathBuf,
+    },
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Work with handler components.
     #[command(subcommand)]
     Handler(HandlerCmd),
     /// Read and write Stalwart v0.16 coordination records (topic stwt.agora).
     #[command(subcommand)]
     Stalwart(StalwartCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a configuration file without connecting to anything.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -77,8 +103,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut stdout = std::io::stdout().lock();
+    // Not locked: the demo and the node print from several tasks.
+    let mut stdout = std::io::stdout();
     match cli.command {
+        Command::Run { config } => herald::cli::node::run(&config).await?,
+        Command::Demo { handlers } => herald::cli::demo::run(&handlers).await?,
+        Command::Publish { config, event } => {
+            herald::cli::node::publish(&config, &event, &mut stdout).await?
+        }
+        Command::Config(ConfigCmd::Check { file }) => {
+            herald::cli::config::check(&file, &mut stdout)?
+        }
         Command::Handler(HandlerCmd::Test {
             wasm,
             events,

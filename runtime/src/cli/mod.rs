@@ -1,3 +1,6 @@
 //! The `herald` command line: one module per command group.
 
+pub mod config;
+pub mod demo;
 pub mod handler;
+pub mod node;

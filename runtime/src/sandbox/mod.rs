@@ -14,6 +14,7 @@ mod cache;
 mod host;
 mod stdio;
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -290,10 +291,10 @@ impl Sandbox {
     }
 
     /// Run one batch in a fresh instance.
-    pub async fn call(
+    pub async fn call<E: Borrow<Event> + Sync>(
         &self,
         handler: &Loaded,
-        events: &[Event],
+        events: &[E],
         effects: Arc<dyn Effects>,
     ) -> Result<Vec<Outcome>, CallError> {
         let mut session = self.session(handler, effects).await?;
@@ -355,12 +356,18 @@ pub struct Session {
 }
 
 impl Session {
-    pub async fn call(&mut self, events: &[Event]) -> Result<Vec<Outcome>, CallError> {
-        let scratch: Vec<Scratch> = events.iter().map(|e| Scratch::for_body(&e.body)).collect();
+    pub async fn call<E: Borrow<Event> + Sync>(
+        &mut self,
+        events: &[E],
+    ) -> Result<Vec<Outcome>, CallError> {
+        let scratch: Vec<Scratch> = events
+            .iter()
+            .map(|e| Scratch::for_body(&e.borrow().body))
+            .collect();
         let batch: Vec<wit::Event> = events
             .iter()
             .zip(&scratch)
-            .map(|(e, s)| bindings::event_to_wit(e, s))
+            .map(|(e, s)| bindings::event_to_wit(e.borrow(), s))
             .collect();
         set_deadline(&mut self.store, self.deadline);
         let result = self.instance.call_handle(&mut self.store, &batch).await;

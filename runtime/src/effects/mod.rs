@@ -6,6 +6,9 @@
 //! store, producer), while [`Recorder`] only writes it down, for
 //! `herald handler test` and tests.
 
+pub mod blocklist;
+pub mod node;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -85,6 +88,13 @@ pub type EffectFuture<'a> = Pin<Box<dyn Future<Output = Result<Reply, EffectErro
 /// metrics.
 pub trait Effects: Send + Sync + 'static {
     fn apply<'a>(&'a self, handler: &'a str, effect: Effect) -> EffectFuture<'a>;
+
+    /// Make every effect applied so far durable. The node calls this before
+    /// it commits offsets: a committed event is never replayed, so its
+    /// effects must not be lost in a crash after the commit.
+    fn flush(&self) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + '_>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Writes effects down instead of applying them. Push deliveries can be made

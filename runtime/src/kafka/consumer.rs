@@ -1,0 +1,435 @@
+//! One consumer group: an explicit loop over `recv()`, a worker per
+//! partition, and commits of what the workers finished.
+//!
+//! Records of a partition go to that partition's worker, in order; workers
+//! of different partitions run concurrently. A worker handles its records in
+//! batches (size and linger from the config) through the [`Dispatcher`], and
+//! when a batch is done moves the partition's "done" offset past it. Every
+//! `commitInterval` the loop makes the node's effects durable and then
+//! commits, asynchronously, each partition's done offset. Because a worker
+//! finishes its batches in order, a done offset never jumps a record that is
+//! not done: a commit is never ahead of a gap.
+//!
+//! Offsets are stored by herald alone (`enable.auto.commit=false`,
+//! `enable.auto.offset.store=false`): closing a consumer never commits a
+//! record that was fetched but not handled.
+//!
+//! On a revoke, the workers of the revoked partitions finish their in-flight
+//! batch (or abandon it, uncommitted, if it is waiting to retry), and their
+//! done offsets are committed synchronously before the partitions are
+//! released. Shutdown does the same for every partition, then leaves the
+//! group.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, Record};
+
+/// How long a revoke or shutdown waits for an in-flight batch.
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+type Tp = (String, i32);
+
+/// What the node needs to know about a group consumer (readiness, API).
+#[derive(Default)]
+pub struct Status {
+    /// Partitions currently assigned to this consumer.
+    pub assigned: AtomicUsize,
+}
+
+pub struct Group {
+    /// The consumer group id.
+    pub id: String,
+    pub topics: Vec<String>,
+    pub session_timeout: Duration,
+}
+
+struct Worker {
+    tx: mpsc::UnboundedSender<Record>,
+    queued: Arc<AtomicUsize>,
+    paused: Arc<AtomicBool>,
+    /// Offset of the next record not yet done (what a commit stores); -1
+    /// before the first batch.
+    done: Arc<AtomicI64>,
+    committed: i64,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Shared between the loop and the rebalance callbacks.
+struct Shared {
+    group: String,
+    workers: Mutex<HashMap<Tp, Worker>>,
+    assigned: Mutex<HashSet<Tp>>,
+    dispatcher: Arc<Dispatcher>,
+    status: Arc<Status>,
+}
+
+struct Ctx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let tps: Vec<Tp> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            tracing::info!(group = %self.shared.group, partitions = ?tps, "partitions revoked");
+            self.shared.release(consumer, &tps);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let tps: HashSet<Tp> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                tracing::info!(group = %self.shared.group, partitions = ?tps, "partitions assigned");
+                self.shared
+                    .status
+                    .assigned
+                    .store(tps.len(), Ordering::Relaxed);
+                *self.shared.assigned.lock().unwrap() = tps;
+            }
+            Rebalance::Revoke(_) => {
+                self.shared.status.assigned.store(0, Ordering::Relaxed);
+            }
+            Rebalance::Error(e) => {
+                tracing::error!(group = %self.shared.group, error = %e, "rebalance failed")
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                for e in offsets.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        tracing::debug!(group = %self.shared.group, topic = e.topic(),
+                            partition = e.partition(), offset = o, "committed");
+                    }
+                }
+                metrics::counter!("herald_commits_total", "group" => self.shared.group.clone())
+                    .increment(1);
+            }
+            Err(e) => {
+                metrics::counter!("herald_commit_errors_total", "group" => self.shared.group.clone())
+                    .increment(1);
+                tracing::warn!(group = %self.shared.group, error = %e, "commit failed; the next one carries the offsets")
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Stop the workers of `tps`, let their in-flight batches finish, make
+    /// effects durable and commit what is done, synchronously. Called from a
+    /// revoke callback (inside `recv()`) and at shutdown.
+    fn release<C: Consumer<Ctx>>(&self, consumer: &C, tps: &[Tp]) {
+        let mut taken = Vec::new();
+        {
+            let mut workers = self.workers.lock().unwrap();
+            let mut assigned = self.assigned.lock().unwrap();
+            for tp in tps {
+                assigned.remove(tp);
+                if let Some(w) = workers.remove(tp) {
+                    w.stop.cancel();
+                    taken.push((tp.clone(), w));
+                }
+            }
+        }
+        if taken.is_empty() {
+            return;
+        }
+        let effects = self.dispatcher.effects.clone();
+        let flushed = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                for (tp, w) in &mut taken {
+                    if tokio::time::timeout(RELEASE_WAIT, &mut w.task).await.is_err() {
+                        tracing::warn!(partition = ?tp, "in-flight batch did not finish in time; abandoned uncommitted");
+                        w.task.abort();
+                    }
+                }
+                effects.flush().await
+            })
+        });
+        if let Err(e) = flushed {
+            // Without durable effects nothing may be committed: the new
+            // owner replays from the last commit.
+            tracing::error!(error = %format!("{e:#}"), "cannot make effects durable; not committing");
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), w) in &taken {
+            let done = w.done.load(Ordering::Acquire);
+            if done > w.committed {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(done));
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+        {
+            tracing::warn!(group = %self.group, error = %e, "commit on release failed");
+        }
+    }
+
+    /// Commit, asynchronously, every partition that moved since last time.
+    async fn commit(&self, consumer: &StreamConsumer<Ctx>) {
+        let moved: Vec<(Tp, i64)> = {
+            let workers = self.workers.lock().unwrap();
+            workers
+                .iter()
+                .filter_map(|(tp, w)| {
+                    let done = w.done.load(Ordering::Acquire);
+                    (done > w.committed).then(|| (tp.clone(), done))
+                })
+                .collect()
+        };
+        if moved.is_empty() {
+            return;
+        }
+        if let Err(e) = self.dispatcher.effects.flush().await {
+            tracing::error!(error = %format!("{e:#}"), "cannot make effects durable; commit postponed");
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), done) in &moved {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*done));
+        }
+        match consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) => {
+                let mut workers = self.workers.lock().unwrap();
+                for (tp, done) in moved {
+                    if let Some(w) = workers.get_mut(&tp) {
+                        w.committed = done;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(group = %self.group, error = %e, "commit failed"),
+        }
+    }
+}
+
+/// Run the group until `shutdown`: join, consume, dispatch, commit; then
+/// finish in-flight batches, commit, and leave the group.
+pub async fn run(
+    cfg: &Config,
+    group: Group,
+    dispatcher: Arc<Dispatcher>,
+    status: Arc<Status>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let shared = Arc::new(Shared {
+        group: group.id.clone(),
+        workers: Mutex::new(HashMap::new()),
+        assigned: Mutex::new(HashSet::new()),
+        dispatcher,
+        status,
+    });
+    let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
+        super::client_config(cfg, &format!("consumer-{}", group.id))
+            .set("group.id", &group.id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // A new node (or group) starts from the beginning and catches up.
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                group.session_timeout.as_millis().to_string(),
+            )
+            .create_with_context(Ctx {
+                shared: shared.clone(),
+            })
+            .with_context(|| format!("cannot create the consumer for group {}", group.id))?,
+    );
+    let topics: Vec<&str> = group.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .with_context(|| format!("cannot subscribe to {topics:?}"))?;
+    tracing::info!(group = %group.id, topics = ?topics, "consuming");
+
+    let mut commit_tick = tokio::time::interval(cfg.commit_interval);
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let high_water = (cfg.batch.size * 4).max(1000);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = commit_tick.tick() => shared.commit(&consumer).await,
+            msg = consumer.recv() => match msg {
+                Ok(m) => {
+                    let record = Record {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        timestamp_ms: m.timestamp().to_millis(),
+                    };
+                    route(&shared, &consumer, cfg, record, high_water);
+                }
+                Err(e) => {
+                    metrics::counter!("herald_consumer_errors_total", "group" => group.id.clone())
+                        .increment(1);
+                    tracing::warn!(group = %group.id, error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+
+    tracing::info!(group = %group.id, "stopping: finishing in-flight batches");
+    let all: Vec<Tp> = shared.workers.lock().unwrap().keys().cloned().collect();
+    shared.release(consumer.as_ref(), &all);
+    consumer.unsubscribe();
+    Ok(())
+}
+
+/// Hand a record to its partition's worker, starting one if needed, and
+/// pause the partition when its worker falls far behind (it may be waiting
+/// to retry) so that memory stays bounded while other partitions go on.
+fn route(
+    shared: &Arc<Shared>,
+    consumer: &Arc<StreamConsumer<Ctx>>,
+    cfg: &Config,
+    record: Record,
+    high_water: usize,
+) {
+    let tp = (record.topic.clone(), record.partition);
+    if !shared.assigned.lock().unwrap().contains(&tp) {
+        // Fetched before a revoke: the partition's new owner handles it.
+        return;
+    }
+    let mut workers = shared.workers.lock().unwrap();
+    let w = workers
+        .entry(tp.clone())
+        .or_insert_with(|| spawn_worker(shared, consumer, cfg, &tp));
+    let queued = w.queued.fetch_add(1, Ordering::AcqRel) + 1;
+    if w.tx.send(record).is_err() {
+        return;
+    }
+    if queued >= high_water && !w.paused.swap(true, Ordering::AcqRel) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
+        if let Err(e) = consumer.pause(&tpl) {
+            tracing::warn!(partition = ?tp, error = %e, "cannot pause");
+        }
+    }
+}
+
+fn spawn_worker(
+    shared: &Arc<Shared>,
+    consumer: &Arc<StreamConsumer<Ctx>>,
+    cfg: &Config,
+    tp: &Tp,
+) -> Worker {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let job = Job {
+        dispatcher: shared.dispatcher.clone(),
+        consumer: consumer.clone(),
+        tp: tp.clone(),
+        rx,
+        queued: Arc::new(AtomicUsize::new(0)),
+        paused: Arc::new(AtomicBool::new(false)),
+        done: Arc::new(AtomicI64::new(-1)),
+        stop: CancellationToken::new(),
+        batch_size: cfg.batch.size,
+        linger: cfg.batch.linger,
+    };
+    Worker {
+        tx,
+        queued: job.queued.clone(),
+        paused: job.paused.clone(),
+        done: job.done.clone(),
+        committed: -1,
+        stop: job.stop.clone(),
+        task: tokio::spawn(job.run()),
+    }
+}
+
+/// A partition's worker.
+struct Job {
+    dispatcher: Arc<Dispatcher>,
+    consumer: Arc<StreamConsumer<Ctx>>,
+    tp: Tp,
+    rx: mpsc::UnboundedReceiver<Record>,
+    queued: Arc<AtomicUsize>,
+    paused: Arc<AtomicBool>,
+    done: Arc<AtomicI64>,
+    stop: CancellationToken,
+    batch_size: usize,
+    linger: Duration,
+}
+
+impl Job {
+    async fn run(mut self) {
+        while let Some(records) = self.next_batch().await {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let last = records.last().expect("batches are never empty").offset;
+            if self.dispatcher.handle(&records, &self.stop).await.is_err() {
+                return;
+            }
+            self.done.store(last + 1, Ordering::Release);
+            let left = self.queued.fetch_sub(records.len(), Ordering::AcqRel) - records.len();
+            if left < self.batch_size && self.paused.swap(false, Ordering::AcqRel) {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&self.tp.0, self.tp.1);
+                if let Err(e) = self.consumer.resume(&tpl) {
+                    tracing::warn!(partition = ?self.tp, error = %e, "cannot resume");
+                }
+            }
+        }
+    }
+
+    /// Wait for a record, then take what else arrives within `linger`, up to
+    /// the batch size. None when stopped.
+    async fn next_batch(&mut self) -> Option<Vec<Record>> {
+        let first = tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => return None,
+            r = self.rx.recv() => r?,
+        };
+        let mut records = vec![first];
+        let linger = tokio::time::sleep(self.linger);
+        tokio::pin!(linger);
+        while records.len() < self.batch_size {
+            match self.rx.try_recv() {
+                Ok(r) => records.push(r),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                    biased;
+                    r = self.rx.recv() => match r {
+                        Some(r) => records.push(r),
+                        None => break,
+                    },
+                    _ = &mut linger => break,
+                },
+            }
+        }
+        Some(records)
+    }
+}
