@@ -39,14 +39,22 @@ build: setup
     @echo "herald: {{ target }}/release/herald"
     @echo "handlers: {{ out }}"
 
-# Run every test: unit tests (host and, natively, the handlers) and end-to-end.
+# Build everything and run a node on an embedded Kafka cluster, with sample events.
+demo: build
+    {{ target }}/release/herald demo --handlers {{ out }}
+
+# Run every test: unit tests (host and, natively, the handlers), then the
+# end-to-end tests against a real broker (nisshi, built once and cached).
 test: build
+    tests/broker.sh install
     cargo test --release --workspace --exclude herald-tests
-    cargo test --release -p herald-tests
+    HERALD_BIN={{ target }}/release/herald tests/broker.sh run cargo test --release -p herald-tests
 
 # Benchmarks; figures are ratios against baselines measured in the same run.
 bench: build
+    tests/broker.sh install
     cargo bench -p herald --bench sandbox
+    tests/broker.sh run cargo bench -p herald-tests --bench end_to_end
 
 # Fuzz the Stalwart decoder (nightly; SECONDS=600 for a long run).
 fuzz seconds="60":

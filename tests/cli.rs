@@ -91,3 +91,39 @@ fn inspect_names_world_and_capabilities() {
             .any(|e| e == "func handle")
     );
 }
+
+fn config_check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.json");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(herald_bin())
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn config_check_accepts_the_examples() {
+    let example =
+        std::fs::read_to_string(herald_tests::root().join("runtime/herald.example.json")).unwrap();
+    let (ok, out) = config_check(&example);
+    assert!(ok, "{out}");
+    // The Coordinator object exactly as the mail server writes it.
+    let (ok, out) = config_check(
+        r#"{ "@type": "Kafka", "brokers": ["kafka1:9092"], "groupId": "stalwart-cluster",
+             "timeoutSession": "5s", "timeoutMessage": "5s", "nodeId": "mx1" }"#,
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("stalwart-cluster.mx1"), "{out}");
+}
+
+#[test]
+fn config_check_refuses_no_brokers() {
+    let (ok, out) = config_check(r#"{"@type":"Kafka","brokers":[],"groupId":"g"}"#);
+    assert!(!ok);
+    assert!(out.contains("at least one broker is required"), "{out}");
+}

@@ -475,8 +475,28 @@ impl Body {
 
     /// Parse a body given its kind. Errors name the kind and the field.
     pub fn from_json(kind: &str, body: Value) -> Result<Body, String> {
-        fn parse<T: serde::de::DeserializeOwned>(kind: &str, v: Value) -> Result<T, String> {
-            serde_json::from_value(v).map_err(|e| format!("body of `{kind}`: {e}"))
+        Body::parse(kind, body)
+    }
+
+    /// Parse a body from its JSON text (the hot path: no intermediate value).
+    pub fn from_json_str(kind: &str, body: &str) -> Result<Body, String> {
+        let mut de = serde_json::Deserializer::from_str(body);
+        let parsed = Body::parse(kind, &mut de)?;
+        de.end().map_err(|e| format!("body of `{kind}`: {e}"))?;
+        Ok(parsed)
+    }
+
+    fn parse<'de, D>(kind: &str, body: D) -> Result<Body, String>
+    where
+        D: serde::Deserializer<'de>,
+        D::Error: std::fmt::Display,
+    {
+        fn parse<'de, T: Deserialize<'de>, D>(kind: &str, d: D) -> Result<T, String>
+        where
+            D: serde::Deserializer<'de>,
+            D::Error: std::fmt::Display,
+        {
+            T::deserialize(d).map_err(|e| format!("body of `{kind}`: {e}"))
         }
         Ok(match kind {
             "state-change" => Body::StateChange(parse(kind, body)?),
@@ -521,15 +541,26 @@ impl Body {
 }
 
 /// The envelope exactly as it travels.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Envelope {
     v: u32,
     id: String,
     kind: String,
     origin: String,
     ts: u64,
-    #[serde(default)]
     body: Value,
+}
+
+/// The envelope as read: the body stays raw text until the kind is known.
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    v: u32,
+    id: String,
+    kind: std::borrow::Cow<'a, str>,
+    origin: String,
+    ts: u64,
+    #[serde(default, borrow)]
+    body: Option<&'a serde_json::value::RawValue>,
 }
 
 /// Why bytes are not an event. The message names the field at fault.
@@ -547,7 +578,7 @@ impl std::error::Error for DecodeError {}
 impl Event {
     /// Parse the JSON envelope. `position` is where the bytes were found.
     pub fn from_json(bytes: &[u8], position: Position) -> Result<Event, DecodeError> {
-        let env: Envelope =
+        let env: RawEnvelope =
             serde_json::from_slice(bytes).map_err(|e| DecodeError(format!("envelope: {e}")))?;
         if env.v != ENVELOPE_VERSION {
             return Err(DecodeError(format!(
@@ -558,12 +589,11 @@ impl Event {
         if env.id.is_empty() {
             return Err(DecodeError("envelope: field `id` is empty".into()));
         }
-        let body = if env.body.is_null() {
-            Value::Object(Default::default())
-        } else {
-            env.body
+        let body = match env.body.map(|b| b.get()) {
+            None | Some("null") => "{}",
+            Some(text) => text,
         };
-        let body = Body::from_json(&env.kind, body).map_err(DecodeError)?;
+        let body = Body::from_json_str(&env.kind, body).map_err(DecodeError)?;
         Ok(Event {
             id: env.id,
             origin: env.origin,

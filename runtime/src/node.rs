@@ -135,11 +135,18 @@ impl Node {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tokio::select! {
-                    _ = expiry_stop.cancelled() => return Ok(()),
+                    _ = expiry_stop.cancelled() => return anyhow::Ok(()),
                     _ = tick.tick() => {
-                        if blocklist.expire(now_ms()) > 0 {
-                            let b = blocklist.clone();
-                            let _ = tokio::task::spawn_blocking(move || b.flush()).await;
+                        let b = blocklist.clone();
+                        let written = tokio::task::spawn_blocking(move || {
+                            if b.expire(now_ms()) > 0 {
+                                b.flush()?;
+                            }
+                            b.export(false)
+                        })
+                        .await?;
+                        if let Err(e) = written {
+                            tracing::error!(error = %format!("{e:#}"), "cannot write the blocklist");
                         }
                     }
                 }
@@ -157,6 +164,7 @@ impl Node {
         }
         use crate::effects::Effects;
         self.effects.flush().await?;
+        self.effects.blocklist.export(true)?;
         result
     }
 }

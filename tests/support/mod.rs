@@ -64,3 +64,5 @@ pub fn ip_block_json(id: &str, ip: &str) -> serde_json::Value {
     serde_json::json!({"v":1,"id":id,"kind":"ip-block","origin":"test","ts":1795690000000u64,
         "body":{"ip":ip,"action":"block","reason":"test","expiresAt":null}})
 }
+
+pub mod cluster;

@@ -1,12 +1,20 @@
 //! The node's IP blocklist: IPv4, IPv6 and CIDR entries with optional
 //! expiry, persisted with atomic writes so that a restart keeps it.
 //!
-//! Two files live in the state directory: `blocklist.json`, the store
-//! (entries with reason and expiry, read back at start), and
-//! `blocklist.txt`, one network per line for nftables/ipset to load. Both are
-//! written to a temporary file and renamed into place, so a reader or a crash
-//! never sees half a file. Writes are batched: [`Blocklist::flush`] writes
-//! when something changed, and the node flushes before every offset commit.
+//! Three files live in the state directory:
+//! - `blocklist.json`, a snapshot of the entries (with reason and expiry);
+//! - `blocklist.journal`, the changes since the snapshot, one JSON line each,
+//!   appended and synced by [`Blocklist::flush`], which the node calls before
+//!   every offset commit: a flush costs what changed, not the whole list;
+//! - `blocklist.txt`, one network per line for nftables/ipset, rewritten
+//!   when the list changed, at most once a second ([`Blocklist::export`]).
+//!
+//! At start the snapshot is read and the journal replayed; when the journal
+//! grows past the list's size it is folded into a new snapshot. Snapshot and
+//! export are written to a temporary file and renamed into place, so a reader
+//! or a crash never sees half a file; a torn last journal line (a crash in
+//! the middle of an append) is ignored, as it was never synced and so never
+//! committed.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -33,7 +41,40 @@ pub struct Blocklist {
 #[derive(Default)]
 struct State {
     entries: BTreeMap<String, Entry>,
-    dirty: bool,
+    /// Changes not yet in the journal.
+    pending: Vec<Change>,
+    /// Lines in the journal since the snapshot.
+    journaled: usize,
+    /// The list changed since the last export.
+    stale_export: bool,
+    last_export: Option<std::time::Instant>,
+}
+
+/// One journal line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+enum Change {
+    Block(Entry),
+    Unblock { network: String },
+}
+
+impl State {
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Block(e) => {
+                self.entries.insert(e.network.clone(), e);
+            }
+            Change::Unblock { network } => {
+                self.entries.remove(&network);
+            }
+        }
+    }
+
+    fn record(&mut self, change: Change) {
+        self.apply(change.clone());
+        self.pending.push(change);
+        self.stale_export = true;
+    }
 }
 
 /// Parse a network the way the blocklist keys it: canonical text, so
@@ -75,6 +116,29 @@ impl Blocklist {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
+        let journal = dir.join("blocklist.journal");
+        match std::fs::read_to_string(&journal) {
+            Ok(text) => {
+                if !text.is_empty() && !text.ends_with('\n') {
+                    // Cut the torn line off, or the next append would glue a
+                    // good change onto it.
+                    let keep = text.rfind('\n').map_or(0, |i| i + 1);
+                    let f = std::fs::OpenOptions::new().write(true).open(&journal)?;
+                    f.set_len(keep as u64)?;
+                    f.sync_all()?;
+                }
+                for line in text.lines() {
+                    // A torn final line was never synced, hence never committed.
+                    if let Ok(change) = serde_json::from_str::<Change>(line) {
+                        state.apply(change);
+                        state.journaled += 1;
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", journal.display())),
+        }
+        state.stale_export = true;
         Ok(Blocklist {
             dir: dir.to_path_buf(),
             state: Mutex::new(state),
@@ -95,8 +159,7 @@ impl Blocklist {
         };
         let mut s = self.state.lock().unwrap();
         if s.entries.get(&key) != Some(&entry) {
-            s.entries.insert(key, entry);
-            s.dirty = true;
+            s.record(Change::Block(entry));
         }
         Ok(())
     }
@@ -104,10 +167,19 @@ impl Blocklist {
     pub fn unblock(&self, network: &str) -> Result<(), String> {
         let (key, _) = normalise(network)?;
         let mut s = self.state.lock().unwrap();
-        if s.entries.remove(&key).is_some() {
-            s.dirty = true;
+        if s.entries.contains_key(&key) {
+            s.record(Change::Unblock { network: key });
         }
         Ok(())
+    }
+
+    /// Number of entries, expired or not (cheap; for progress checks).
+    pub fn len(&self) -> usize {
+        self.state.lock().unwrap().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Entries in force at `now_ms` (expired ones are not returned).
@@ -133,35 +205,75 @@ impl Blocklist {
     /// Drop expired entries; returns how many went.
     pub fn expire(&self, now_ms: u64) -> usize {
         let mut s = self.state.lock().unwrap();
-        let before = s.entries.len();
-        s.entries
-            .retain(|_, e| e.expires_at.is_none_or(|t| t > now_ms));
-        let gone = before - s.entries.len();
-        if gone > 0 {
-            s.dirty = true;
+        let expired: Vec<String> = s
+            .entries
+            .values()
+            .filter(|e| e.expires_at.is_some_and(|t| t <= now_ms))
+            .map(|e| e.network.clone())
+            .collect();
+        for network in &expired {
+            s.record(Change::Unblock {
+                network: network.clone(),
+            });
         }
-        gone
+        expired.len()
     }
 
-    /// Write both files if anything changed since the last flush.
+    /// Make every change so far durable: append it to the journal and
+    /// sync; fold the journal into a new snapshot when it has grown past the
+    /// list's size.
     pub fn flush(&self) -> anyhow::Result<()> {
-        let (json, text) = {
+        use std::io::Write;
+        let mut s = self.state.lock().unwrap();
+        if !s.pending.is_empty() {
+            let mut lines = Vec::new();
+            for change in &s.pending {
+                serde_json::to_writer(&mut lines, change)?;
+                lines.push(b'\n');
+            }
+            let path = self.dir.join("blocklist.journal");
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot append to {}", path.display()))?;
+            f.write_all(&lines)?;
+            f.sync_data()?;
+            s.journaled += s.pending.len();
+            s.pending.clear();
+        }
+        if s.journaled > s.entries.len().max(1024) {
+            let entries: Vec<&Entry> = s.entries.values().collect();
+            write_atomic(
+                &self.dir.join("blocklist.json"),
+                &serde_json::to_vec(&entries)?,
+            )?;
+            // The snapshot has everything the journal had.
+            write_atomic(&self.dir.join("blocklist.journal"), b"")?;
+            s.journaled = 0;
+        }
+        Ok(())
+    }
+
+    /// Rewrite `blocklist.txt` if the list changed, at most once a second
+    /// unless `force`.
+    pub fn export(&self, force: bool) -> anyhow::Result<()> {
+        let text = {
             let mut s = self.state.lock().unwrap();
-            if !s.dirty {
+            let recent = s
+                .last_export
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
+            if !s.stale_export || (recent && !force) {
                 return Ok(());
             }
-            s.dirty = false;
-            let entries: Vec<&Entry> = s.entries.values().collect();
-            let text: String = entries.iter().map(|e| format!("{}\n", e.network)).collect();
-            (serde_json::to_vec_pretty(&entries)?, text)
+            s.stale_export = false;
+            s.last_export = Some(std::time::Instant::now());
+            s.entries
+                .values()
+                .map(|e| format!("{}\n", e.network))
+                .collect::<String>()
         };
-        let written = write_atomic(&self.dir.join("blocklist.json"), &json)
-            .and_then(|_| write_atomic(&self.dir.join("blocklist.txt"), text.as_bytes()));
-        if written.is_err() {
-            // Try again at the next flush.
-            self.state.lock().unwrap().dirty = true;
-        }
-        written
+        write_atomic(&self.dir.join("blocklist.txt"), text.as_bytes())
     }
 }
 
@@ -190,6 +302,7 @@ mod tests {
         b.block("2001:DB8::/48", "y", Some(2_000)).unwrap();
         assert!(b.block("10.0.0.1/8", "z", None).is_err());
         b.flush().unwrap();
+        b.export(true).unwrap();
         let text = std::fs::read_to_string(dir.path().join("blocklist.txt")).unwrap();
         assert_eq!(text, "2001:db8::/48\n203.0.113.7\n");
         let again = Blocklist::open(dir.path()).unwrap();
@@ -200,9 +313,45 @@ mod tests {
         assert_eq!(again.expire(3_000), 1);
         again.unblock("203.0.113.7").unwrap();
         again.flush().unwrap();
+        again.export(true).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("blocklist.txt")).unwrap(),
             ""
         );
+    }
+
+    #[test]
+    fn the_journal_replays_and_folds_into_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Blocklist::open(dir.path()).unwrap();
+        for i in 0..3000u32 {
+            b.block(&format!("10.0.{}.{}", i / 256, i % 256), "x", None)
+                .unwrap();
+            if i % 100 == 0 {
+                b.flush().unwrap();
+            }
+        }
+        b.unblock("10.0.0.5").unwrap();
+        b.flush().unwrap();
+        // A crash in the middle of an append leaves a torn line.
+        use std::io::Write;
+        let mut j = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("blocklist.journal"))
+            .unwrap();
+        j.write_all(b"{\"op\":\"block\",\"netw").unwrap();
+        drop(j);
+        let again = Blocklist::open(dir.path()).unwrap();
+        assert_eq!(again.len(), 2999);
+        again.block("192.0.2.1", "after the crash", None).unwrap();
+        again.flush().unwrap();
+        let third = Blocklist::open(dir.path()).unwrap();
+        assert_eq!(
+            third.len(),
+            3000,
+            "a change appended after a torn line survives"
+        );
+        assert!(again.check("10.0.0.5".parse().unwrap(), 0).is_none());
+        assert!(again.check("10.0.11.183".parse().unwrap(), 0).is_some());
     }
 }

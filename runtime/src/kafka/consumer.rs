@@ -60,6 +60,7 @@ pub struct Group {
 
 struct Worker {
     tx: mpsc::UnboundedSender<Record>,
+    /// Bytes of records routed to the worker and not yet handled.
     queued: Arc<AtomicUsize>,
     paused: Arc<AtomicBool>,
     /// Offset of the next record not yet done (what a commit stores); -1
@@ -73,6 +74,9 @@ struct Worker {
 /// Shared between the loop and the rebalance callbacks.
 struct Shared {
     group: String,
+    /// Held while a commit is sent, so that a periodic commit decided
+    /// before a revoke cannot land after the revoke's own commit.
+    commit_lock: Mutex<()>,
     workers: Mutex<HashMap<Tp, Worker>>,
     assigned: Mutex<HashSet<Tp>>,
     dispatcher: Arc<Dispatcher>,
@@ -188,6 +192,7 @@ impl Shared {
                 let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(done));
             }
         }
+        let _sending = self.commit_lock.lock().unwrap();
         if tpl.count() > 0
             && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
         {
@@ -210,20 +215,29 @@ impl Shared {
         if moved.is_empty() {
             return;
         }
+        // The offsets were taken before the flush: every batch they cover
+        // has its effects in it.
         if let Err(e) = self.dispatcher.effects.flush().await {
             tracing::error!(error = %format!("{e:#}"), "cannot make effects durable; commit postponed");
             return;
         }
+        let _sending = self.commit_lock.lock().unwrap();
+        let mut workers = self.workers.lock().unwrap();
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), done) in &moved {
-            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*done));
+            // Released meanwhile: the release committed it.
+            if workers.contains_key(&(topic.clone(), *partition)) {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*done));
+            }
+        }
+        if tpl.count() == 0 {
+            return;
         }
         match consumer.commit(&tpl, CommitMode::Async) {
             Ok(()) => {
-                let mut workers = self.workers.lock().unwrap();
                 for (tp, done) in moved {
                     if let Some(w) = workers.get_mut(&tp) {
-                        w.committed = done;
+                        w.committed = w.committed.max(done);
                     }
                 }
             }
@@ -243,6 +257,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         group: group.id.clone(),
+        commit_lock: Mutex::new(()),
         workers: Mutex::new(HashMap::new()),
         assigned: Mutex::new(HashSet::new()),
         dispatcher,
@@ -270,14 +285,26 @@ pub async fn run(
         .with_context(|| format!("cannot subscribe to {topics:?}"))?;
     tracing::info!(group = %group.id, topics = ?topics, "consuming");
 
-    let mut commit_tick = tokio::time::interval(cfg.commit_interval);
-    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let high_water = (cfg.batch.size * 4).max(1000);
+    // Commits run beside the loop: making effects durable takes disk time
+    // that must not hold up fetching.
+    let committer = {
+        let (shared, consumer, stop) = (shared.clone(), consumer.clone(), shutdown.clone());
+        let interval = cfg.commit_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => shared.commit(&consumer).await,
+                }
+            }
+        })
+    };
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = commit_tick.tick() => shared.commit(&consumer).await,
             msg = consumer.recv() => match msg {
                 Ok(m) => {
                     let record = Record {
@@ -288,7 +315,7 @@ pub async fn run(
                         value: m.payload().map(<[u8]>::to_vec),
                         timestamp_ms: m.timestamp().to_millis(),
                     };
-                    route(&shared, &consumer, cfg, record, high_water);
+                    route(&shared, &consumer, cfg, record);
                 }
                 Err(e) => {
                     metrics::counter!("herald_consumer_errors_total", "group" => group.id.clone())
@@ -301,22 +328,29 @@ pub async fn run(
     }
 
     tracing::info!(group = %group.id, "stopping: finishing in-flight batches");
+    let _ = committer.await;
     let all: Vec<Tp> = shared.workers.lock().unwrap().keys().cloned().collect();
     shared.release(consumer.as_ref(), &all);
     consumer.unsubscribe();
     Ok(())
 }
 
+/// Bytes a partition's worker may have queued before the partition is
+/// paused (a worker stuck retrying must not make the node buffer its whole
+/// backlog), and below which it is resumed. Resuming well before the queue
+/// runs dry hides the fetch round trip.
+const PAUSE_AT: usize = 16 << 20;
+const RESUME_AT: usize = PAUSE_AT / 2;
+
+/// What a record weighs in a worker's queue.
+fn weight(r: &Record) -> usize {
+    r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len) + r.topic.len() + 64
+}
+
 /// Hand a record to its partition's worker, starting one if needed, and
-/// pause the partition when its worker falls far behind (it may be waiting
-/// to retry) so that memory stays bounded while other partitions go on.
-fn route(
-    shared: &Arc<Shared>,
-    consumer: &Arc<StreamConsumer<Ctx>>,
-    cfg: &Config,
-    record: Record,
-    high_water: usize,
-) {
+/// pause the partition when its worker falls far behind, so that memory
+/// stays bounded while other partitions go on.
+fn route(shared: &Arc<Shared>, consumer: &Arc<StreamConsumer<Ctx>>, cfg: &Config, record: Record) {
     let tp = (record.topic.clone(), record.partition);
     if !shared.assigned.lock().unwrap().contains(&tp) {
         // Fetched before a revoke: the partition's new owner handles it.
@@ -326,11 +360,12 @@ fn route(
     let w = workers
         .entry(tp.clone())
         .or_insert_with(|| spawn_worker(shared, consumer, cfg, &tp));
-    let queued = w.queued.fetch_add(1, Ordering::AcqRel) + 1;
+    let bytes = weight(&record);
+    let queued = w.queued.fetch_add(bytes, Ordering::AcqRel) + bytes;
     if w.tx.send(record).is_err() {
         return;
     }
-    if queued >= high_water && !w.paused.swap(true, Ordering::AcqRel) {
+    if queued >= PAUSE_AT && !w.paused.swap(true, Ordering::AcqRel) {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&tp.0, tp.1);
         if let Err(e) = consumer.pause(&tpl) {
@@ -394,8 +429,9 @@ impl Job {
                 return;
             }
             self.done.store(last + 1, Ordering::Release);
-            let left = self.queued.fetch_sub(records.len(), Ordering::AcqRel) - records.len();
-            if left < self.batch_size && self.paused.swap(false, Ordering::AcqRel) {
+            let bytes: usize = records.iter().map(weight).sum();
+            let left = self.queued.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+            if left < RESUME_AT && self.paused.swap(false, Ordering::AcqRel) {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&self.tp.0, self.tp.1);
                 if let Err(e) = self.consumer.resume(&tpl) {

@@ -1,0 +1,326 @@
+//! The Kafka path end to end: real `herald run` processes, the test broker,
+//! real components. Broadcast reaches every node, shared reaches one, a
+//! killed node's shared partitions move, retries hold the partition, dead
+//! letters carry their headers, a late joiner replays.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use herald_tests::cluster::{Install, TestCluster, ip_block, read_blocklist, wait_until};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const BLOCKING_BROADCAST: &str =
+    "subscribe = [\"ip-block\"]\nmode = \"broadcast\"\ncapabilities = [\"blocklist\"]";
+const BLOCKING_SHARED: &str =
+    "subscribe = [\"ip-block\"]\nmode = \"shared\"\ncapabilities = [\"blocklist\"]";
+const FLAKY_BROADCAST: &str =
+    "subscribe = [\"ip-block\"]\nmode = \"broadcast\"\ncapabilities = [\"blocklist\"]";
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn ips(range: std::ops::Range<u32>) -> BTreeSet<String> {
+    range
+        .map(|i| format!("198.51.{}.{}", i / 250, i % 250))
+        .collect()
+}
+
+async fn publish_blocks(c: &TestCluster, range: std::ops::Range<u32>) {
+    for i in range {
+        let ip = format!("198.51.{}.{}", i / 250, i % 250);
+        c.publish(&ip, &ip_block(&format!("e{i}"), &ip, "block", "test"))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broadcast_reaches_every_node_and_shared_reaches_one() {
+    let broadcast = TestCluster::new(
+        "broadcast",
+        3,
+        &[Install {
+            wasm: "blocking",
+            name: "blocking",
+            manifest: BLOCKING_BROADCAST,
+        }],
+    )
+    .await;
+    let shared = TestCluster::new(
+        "shared",
+        3,
+        &[Install {
+            wasm: "blocking",
+            name: "blocking",
+            manifest: BLOCKING_SHARED,
+        }],
+    )
+    .await;
+    let mut nodes = Vec::new();
+    for n in ["a", "b", "c"] {
+        let mut b = broadcast.start(n);
+        b.wait_assigned(&format!("{}.{n}", broadcast.group));
+        nodes.push(b);
+    }
+    let mut shared_nodes: Vec<_> = ["a", "b", "c"].iter().map(|n| shared.start(n)).collect();
+    for s in &mut shared_nodes {
+        s.wait_assigned(&shared.group);
+    }
+    publish_blocks(&broadcast, 0..30).await;
+    publish_blocks(&shared, 0..30).await;
+    let expected = ips(0..30);
+    for b in &nodes {
+        wait_until(
+            &format!("node {} has every broadcast block", b.node),
+            LONG,
+            || b.blocklist() == expected,
+        );
+    }
+    // Shared: every event handled, each on exactly one node.
+    wait_until("the shared blocks are all handled", LONG, || {
+        let union: BTreeSet<String> = shared_nodes.iter().flat_map(|n| n.blocklist()).collect();
+        union == expected
+    });
+    let total: usize = shared_nodes.iter().map(|n| n.blocklist().len()).sum();
+    assert_eq!(
+        total,
+        expected.len(),
+        "a shared event was handled on two nodes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_nodes_shared_partitions_move_and_nothing_is_lost() {
+    let c = TestCluster::new(
+        "failover",
+        6,
+        &[Install {
+            wasm: "blocking",
+            name: "blocking",
+            manifest: BLOCKING_SHARED,
+        }],
+    )
+    .await;
+    let mut nodes: Vec<_> = ["a", "b", "c"].iter().map(|n| c.start(n)).collect();
+    for n in &mut nodes {
+        n.wait_assigned(&c.group);
+    }
+    publish_blocks(&c, 0..150).await;
+    nodes[2].kill();
+    publish_blocks(&c, 150..300).await;
+    let (alive, dead) = nodes.split_at(2);
+    let expected = ips(0..300);
+    wait_until("every event handled after the kill", LONG, || {
+        let mut union: BTreeSet<String> = alive.iter().flat_map(|n| n.blocklist()).collect();
+        union.extend(read_blocklist(&dead[0].state));
+        union == expected
+    });
+    // What came after the kill was handled by the survivors alone.
+    let survivors: BTreeSet<String> = alive.iter().flat_map(|n| n.blocklist()).collect();
+    assert!(ips(150..300).is_subset(&survivors));
+}
+
+fn committed(c: &TestCluster, group: &str, partition: i32) -> Option<i64> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &c.broker)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&c.topic, partition);
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    match got.elements()[0].offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_holds_the_partition_until_it_succeeds() {
+    let c = TestCluster::new(
+        "retry",
+        1,
+        &[Install {
+            wasm: "fixtures/flaky",
+            name: "flaky",
+            manifest: FLAKY_BROADCAST,
+        }],
+    )
+    .await;
+    let mut c = c;
+    // Enough attempts to outlast the hold.
+    c.settings =
+        serde_json::json!({"retry": {"attempts": 1000, "backoff": "20ms", "maxBackoff": "50ms"}});
+    let mut node = c.start("a");
+    let group = format!("{}.a", c.group);
+    node.wait_assigned(&group);
+    let until = herald::event::now_ms() + 3_000;
+    c.publish(
+        "k",
+        &ip_block(
+            "held",
+            "192.0.2.1",
+            "block",
+            &format!("retry-until:{until}"),
+        ),
+    )
+    .await;
+    c.publish("k", &ip_block("after", "192.0.2.2", "block", "ok"))
+        .await;
+    node.wait_for_log("retrying", LONG);
+    // While the first event is retried, nothing after it is handled and its
+    // offset is not committed.
+    assert!(node.blocklist().is_empty());
+    assert_eq!(committed(&c, &group, 0), None);
+    wait_until("both handled once the hold ends", LONG, || {
+        node.blocklist() == BTreeSet::from(["192.0.2.1".to_string(), "192.0.2.2".to_string()])
+    });
+    assert!(
+        herald::event::now_ms() >= until,
+        "handled before the handler allowed it"
+    );
+    wait_until("offset committed past both", LONG, || {
+        committed(&c, &group, 0) == Some(2)
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_that_always_fails_sends_to_the_dead_letter_topic() {
+    let c = TestCluster::new(
+        "dlq",
+        1,
+        &[Install {
+            wasm: "fixtures/flaky",
+            name: "flaky",
+            manifest: FLAKY_BROADCAST,
+        }],
+    )
+    .await;
+    let mut node = c.start("a");
+    let group = format!("{}.a", c.group);
+    node.wait_assigned(&group);
+    c.publish("k", &ip_block("always", "192.0.2.1", "block", "retry"))
+        .await;
+    c.publish("k", &ip_block("rejected", "192.0.2.2", "block", "reject"))
+        .await;
+    c.publish("k", &{
+        let mut bad = ip_block("bad", "x", "block", "x");
+        bad["body"] = serde_json::json!({"action": "block"});
+        bad
+    })
+    .await;
+    c.publish("k", &ip_block("fine", "192.0.2.3", "block", "ok"))
+        .await;
+    wait_until("the partition moved on", LONG, || {
+        node.blocklist() == BTreeSet::from(["192.0.2.3".to_string()])
+    });
+    wait_until("offset committed past all four", LONG, || {
+        committed(&c, &group, 0) == Some(4)
+    });
+
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &c.broker)
+        .set("group.id", herald_tests::cluster::unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[&format!("{}.dlq", c.topic)]).unwrap();
+    let mut letters = Vec::new();
+    while letters.len() < 3 {
+        let m = tokio::time::timeout(LONG, dlq.recv())
+            .await
+            .expect("dead letter")
+            .unwrap();
+        let mut h = std::collections::BTreeMap::new();
+        for header in m.headers().unwrap().iter() {
+            h.insert(
+                header.key.to_string(),
+                String::from_utf8_lossy(header.value.unwrap_or_default()).to_string(),
+            );
+        }
+        letters.push(h);
+    }
+    // Records that do not decode are dead-lettered before the batch's
+    // handler failures: order the letters by original offset.
+    letters.sort_by_key(|h| h["herald-original-offset"].parse::<i64>().unwrap());
+    let retried = &letters[0];
+    assert_eq!(retried["herald-handler"], "flaky");
+    assert_eq!(
+        retried["herald-attempts"], "4",
+        "3 retries after the first call"
+    );
+    assert!(
+        retried["herald-error"].contains("fixture asked to retry"),
+        "{retried:?}"
+    );
+    assert_eq!(retried["herald-original-topic"], c.topic);
+    assert_eq!(retried["herald-original-partition"], "0");
+    assert_eq!(retried["herald-original-offset"], "0");
+    assert_eq!(letters[1]["herald-original-offset"], "1");
+    assert!(letters[1]["herald-error"].contains("fixture asked to reject"));
+    // The undecodable record goes straight there, naming what is wrong.
+    assert_eq!(letters[2]["herald-original-offset"], "2");
+    assert_eq!(letters[2]["herald-handler"], "");
+    assert!(
+        letters[2]["herald-error"].contains("`ip`"),
+        "{:?}",
+        letters[2]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_joiner_rebuilds_its_blocklist_from_the_log() {
+    let c = TestCluster::new(
+        "late",
+        3,
+        &[Install {
+            wasm: "blocking",
+            name: "blocking",
+            manifest: BLOCKING_BROADCAST,
+        }],
+    )
+    .await;
+    let mut first = c.start("a");
+    first.wait_assigned(&format!("{}.a", c.group));
+    publish_blocks(&c, 0..100).await;
+    // Unblocks of the same entities, later in their partitions.
+    for i in 0..20 {
+        let ip = format!("198.51.{}.{}", i / 250, i % 250);
+        c.publish(&ip, &ip_block(&format!("u{i}"), &ip, "unblock", "test"))
+            .await;
+    }
+    let expected = ips(20..100);
+    wait_until("the first node is current", LONG, || {
+        first.blocklist() == expected
+    });
+    let mut late = c.start("late");
+    late.wait_assigned(&format!("{}.late", c.group));
+    wait_until("the late node replayed the log", LONG, || {
+        late.blocklist() == expected
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_commits_and_exits_zero() {
+    let c = TestCluster::new(
+        "sigterm",
+        2,
+        &[Install {
+            wasm: "blocking",
+            name: "blocking",
+            manifest: BLOCKING_BROADCAST,
+        }],
+    )
+    .await;
+    let mut node = c.start("a");
+    let group = format!("{}.a", c.group);
+    node.wait_assigned(&group);
+    publish_blocks(&c, 0..50).await;
+    wait_until("handled", LONG, || node.blocklist() == ips(0..50));
+    let status = node.terminate();
+    assert!(status.success(), "herald exited with {status}");
+    let total: i64 = (0..2).map(|p| committed(&c, &group, p).unwrap_or(0)).sum();
+    assert_eq!(total, 50, "every handled record is committed at shutdown");
+}
