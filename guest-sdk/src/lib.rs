@@ -49,8 +49,8 @@ pub use wit::log::Level;
 pub use wit::push::{DeliveryError, Message as PushMessage};
 pub use wit::types::{
     BlockAction, Body, CacheItem, CacheScope, CalendarAlert, DataTypes, EmailPush, Event, IpBlock,
-    NegativeEmail, Outcome, Position, Push, RegistryAction, RegistryChange, StateChange,
-    TlsCertificate, Urgency,
+    NegativeEmail, Outcome, Position, Push, PushSubscriptionGone, RegistryAction, RegistryChange,
+    StateChange, TlsCertificate, Urgency,
 };
 
 /// What a handler can ask of the node. Each method is one capability
@@ -116,6 +116,13 @@ pub trait Handler {
     fn push_server_update(host: &impl Host, event: &Event, account_id: u32) -> Outcome {
         Outcome::Ok
     }
+    fn push_subscription_gone(
+        host: &impl Host,
+        event: &Event,
+        gone: &PushSubscriptionGone,
+    ) -> Outcome {
+        Outcome::Ok
+    }
 }
 
 /// Route each event of a batch to its function; one outcome per event.
@@ -138,6 +145,7 @@ fn handle_one<T: Handler>(host: &impl Host, e: &Event) -> Outcome {
         Body::CalendarAlert(b) => T::calendar_alert(host, e, b),
         Body::EmailPush(b) => T::email_push(host, e, b),
         Body::PushServerUpdate(account) => T::push_server_update(host, e, *account),
+        Body::PushSubscriptionGone(gone) => T::push_subscription_gone(host, e, gone),
     }
 }
 

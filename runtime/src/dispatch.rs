@@ -14,6 +14,7 @@
 //! never left applied before an earlier one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -174,6 +175,7 @@ impl Dispatcher {
         stop: &CancellationToken,
     ) -> Result<(), Abandoned> {
         let name = handler.manifest.name.as_str();
+        let stats = self.registry.stats(name);
         let mut next = 0;
         let mut attempts = 0u32;
         // After a failed call of several events, go one event at a time
@@ -194,9 +196,11 @@ impl Dispatcher {
                     let mut retry_at = None;
                     for (i, outcome) in outcomes.into_iter().enumerate() {
                         match outcome {
-                            Outcome::Ok => count("herald_events_handled_total", name),
+                            Outcome::Ok => {
+                                count("herald_events_handled_total", name, &stats.handled)
+                            }
                             Outcome::Reject(reason) => {
-                                count("herald_events_rejected_total", name);
+                                count("herald_events_rejected_total", name, &stats.rejected);
                                 let letter =
                                     self.letter(chunk[i], records, name, reason, attempts + 1);
                                 self.dead_letter(letter, stop).await?;
@@ -221,6 +225,7 @@ impl Dispatcher {
                     }
                 }
                 Err(e) => {
+                    stats.failed_calls.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("herald_traps_total", "handler" => name.to_string(),
                         "kind" => e.kind.as_str())
                     .increment(1);
@@ -235,7 +240,11 @@ impl Dispatcher {
             // events[next] failed (retry outcome or failed call).
             attempts += 1;
             if attempts > self.retry.attempts {
-                count("herald_events_dead_lettered_total", name);
+                count(
+                    "herald_events_dead_lettered_total",
+                    name,
+                    &stats.dead_lettered,
+                );
                 let letter = self.letter(events[next], records, name, failure, attempts);
                 self.dead_letter(letter, stop).await?;
                 next += 1;
@@ -243,7 +252,7 @@ impl Dispatcher {
                 single = false;
                 continue;
             }
-            count("herald_events_retried_total", name);
+            count("herald_events_retried_total", name, &stats.retried);
             let delay = self.retry.delay(attempts);
             tracing::info!(handler = name, event = %events[next].id, attempt = attempts,
                 ?delay, reason = %failure, "retrying");
@@ -317,6 +326,7 @@ impl Dispatcher {
     }
 }
 
-fn count(name: &'static str, handler: &str) {
+fn count(name: &'static str, handler: &str, stat: &AtomicU64) {
+    stat.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(name, "handler" => handler.to_string()).increment(1);
 }

@@ -50,6 +50,7 @@ pub enum Body {
     CalendarAlert(CalendarAlert),
     EmailPush(EmailPush),
     PushServerUpdate(PushServerUpdate),
+    PushSubscriptionGone(PushSubscriptionGone),
 }
 
 /// Every event kind, in the order of the WIT `body` variant.
@@ -67,6 +68,7 @@ pub const KINDS: &[&str] = &[
     "calendar-alert",
     "email-push",
     "push-server-update",
+    "push-subscription-gone",
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,6 +346,14 @@ pub struct PushServerUpdate {
     pub account_id: u32,
 }
 
+/// Published by the node whose push delivery got 404/410.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushSubscriptionGone {
+    pub account_id: u32,
+    pub endpoint: String,
+}
+
 /// JMAP data type names, bit n = name n (Stalwart's numbering).
 pub const DATA_TYPE_NAMES: [&str; 23] = [
     "Email",
@@ -454,6 +464,7 @@ impl Body {
             Body::CalendarAlert(_) => 10,
             Body::EmailPush(_) => 11,
             Body::PushServerUpdate(_) => 12,
+            Body::PushSubscriptionGone(_) => 13,
         }
     }
 
@@ -466,6 +477,7 @@ impl Body {
             Body::EmailPush(b) => Some(format!("account:{}", b.account_id)),
             Body::CalendarAlert(b) => Some(format!("account:{}", b.account_id)),
             Body::PushServerUpdate(b) => Some(format!("account:{}", b.account_id)),
+            Body::PushSubscriptionGone(b) => Some(format!("account:{}", b.account_id)),
             Body::IpBlock(b) => Some(format!("ip:{}", b.ip)),
             Body::TlsCertificate(b) => b.domains.first().map(|d| format!("domain:{d}")),
             Body::RegistryChange(b) => Some(format!("registry:{}", b.object_type)),
@@ -512,6 +524,7 @@ impl Body {
             "calendar-alert" => Body::CalendarAlert(parse(kind, body)?),
             "email-push" => Body::EmailPush(parse(kind, body)?),
             "push-server-update" => Body::PushServerUpdate(parse(kind, body)?),
+            "push-subscription-gone" => Body::PushSubscriptionGone(parse(kind, body)?),
             other => {
                 return Err(format!(
                     "unknown kind `{other}`, expected one of {}",
@@ -535,6 +548,7 @@ impl Body {
             Body::CalendarAlert(b) => serde_json::to_value(b),
             Body::EmailPush(b) => serde_json::to_value(b),
             Body::PushServerUpdate(b) => serde_json::to_value(b),
+            Body::PushSubscriptionGone(b) => serde_json::to_value(b),
         };
         v.expect("event bodies always serialise")
     }
@@ -613,6 +627,23 @@ impl Event {
             body: self.body.to_json(),
         })
         .expect("envelopes always serialise")
+    }
+
+    /// An event submitted by a client (`herald publish`, the local API) in
+    /// the public JSON form; `v`, `id`, `origin` and `ts` may be left out and
+    /// are filled in as for an event this node publishes.
+    pub fn from_submitted(text: &str, origin: &str) -> Result<Event, DecodeError> {
+        let mut v: Value =
+            serde_json::from_str(text).map_err(|e| DecodeError(format!("not JSON: {e}")))?;
+        let obj = v.as_object_mut().ok_or_else(|| {
+            DecodeError("an event is a JSON object: {\"kind\":...,\"body\":{...}}".into())
+        })?;
+        obj.entry("v").or_insert(ENVELOPE_VERSION.into());
+        obj.entry("id")
+            .or_insert(uuid::Uuid::now_v7().to_string().into());
+        obj.entry("origin").or_insert(origin.into());
+        obj.entry("ts").or_insert(now_ms().into());
+        Event::from_json(v.to_string().as_bytes(), Position::default())
     }
 
     /// A new event published by this node now.

@@ -6,6 +6,7 @@
 //! [`manifest`]), and what handlers ask of the node goes through [`effects`].
 //! Data flows one way: nothing below reaches back up.
 
+pub mod api;
 pub mod cli;
 pub mod cli_stalwart;
 pub mod codec;
@@ -18,3 +19,4 @@ pub mod manifest;
 pub mod node;
 pub mod registry;
 pub mod sandbox;
+pub mod watch;

@@ -63,6 +63,11 @@ enum HandlerCmd {
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
+    /// Ask the running node (through its local API) to re-read its handler folder.
+    Reload {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Print a component's world, imports and exports.
     Inspect {
         wasm: PathBuf,
@@ -127,6 +132,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "error: {bad} line(s) of {} are not events",
                     events.display()
                 );
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Handler(HandlerCmd::Reload { config }) => {
+            if !herald::cli::node::reload(&config, &mut stdout).await? {
                 return Ok(ExitCode::FAILURE);
             }
         }

@@ -1,20 +1,25 @@
 //! The node service (`herald run`): loads the handlers, opens the node's
-//! state, starts the consumer groups and stops them cleanly.
+//! state, runs the consumer groups, the local API and the handler-folder
+//! watcher, and stops them cleanly.
 //!
 //! Broadcast handlers are fed by the node's own group `<groupId>.<nodeId>`;
-//! shared handlers by the cluster's common group `<groupId>`. A node only
-//! joins the common group if it runs a shared handler: a member without one
-//! would take partitions and commit events that no handler saw.
+//! shared handlers by the cluster's common group `<groupId>`. A node is in
+//! a group only while it runs a handler of that mode: a member without one
+//! would take partitions and commit events that no handler saw. Hot reload
+//! can therefore make the node join or leave a group.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dispatch::{Decoding, Dispatcher};
-use crate::effects::blocklist::Blocklist;
+use crate::effects::Effects;
 use crate::effects::node::NodeEffects;
 use crate::event::now_ms;
 use crate::kafka::{self, consumer, producer::Producer};
@@ -31,6 +36,8 @@ pub struct Node {
     pub producer: Arc<Producer>,
     pub broadcast: Arc<consumer::Status>,
     pub shared: Arc<consumer::Status>,
+    /// The Prometheus recorder's handle, when this process installed one.
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl Node {
@@ -41,14 +48,13 @@ impl Node {
             cache_dir: Some(config.state_dir.join("components")),
             ..SandboxConfig::default()
         })?);
-        let registry = Arc::new(Registry::load(&sandbox, &config.handlers)?);
+        let registry = Arc::new(Registry::load(sandbox.clone(), &config.handlers)?);
         let producer = Arc::new(Producer::new(&config)?);
-        let blocklist = Arc::new(Blocklist::open(&config.state_dir)?);
-        let effects = Arc::new(NodeEffects::new(
+        let effects = Arc::new(NodeEffects::open(
             &config.node_id,
-            blocklist,
+            &config.state_dir,
             producer.clone(),
-        ));
+        )?);
         Ok(Node {
             config,
             sandbox,
@@ -57,10 +63,17 @@ impl Node {
             producer,
             broadcast: Default::default(),
             shared: Default::default(),
+            metrics: None,
         })
     }
 
-    /// The topics this node reads, and their dead-letter topics.
+    /// Serve `/metrics` from this Prometheus recorder.
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Node {
+        self.metrics = Some(handle);
+        self
+    }
+
+    /// The topics a mode's group reads.
     fn topics(&self, mode: Mode) -> Vec<String> {
         let mut topics = vec![self.config.topics.events.clone()];
         if mode == Mode::Broadcast && self.config.stalwart.enabled {
@@ -87,71 +100,43 @@ impl Node {
         })
     }
 
-    /// Run until `shutdown`: join the groups, handle events; then finish
-    /// in-flight batches, commit, leave the groups.
+    fn status(&self, mode: Mode) -> &Arc<consumer::Status> {
+        match mode {
+            Mode::Broadcast => &self.broadcast,
+            Mode::Shared => &self.shared,
+        }
+    }
+
+    /// Run until `shutdown`. Returns once the groups are left and the
+    /// node's state is written.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut all_topics = self.topics(Mode::Broadcast);
-        all_topics.extend(
-            all_topics
+        self.run_with(shutdown, |_| {}).await
+    }
+
+    /// [`Node::run`], telling `on_api` where the API listens.
+    pub async fn run_with(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        on_api: impl FnOnce(SocketAddr),
+    ) -> anyhow::Result<()> {
+        let mut topics = self.topics(Mode::Broadcast);
+        topics.extend(
+            topics
                 .clone()
                 .iter()
                 .map(|t| self.config.topics.dead_letter(t)),
         );
-        kafka::create_topics(&self.config, &all_topics).await?;
+        kafka::create_topics(&self.config, &topics).await?;
         let session_timeout = kafka::session_timeout(&self.config).await;
+        on_api(crate::api::serve(self.clone(), shutdown.clone()).await?);
 
         let mut tasks = JoinSet::new();
-        for (mode, group, status) in [
-            (
-                Mode::Broadcast,
-                self.config.broadcast_group(),
-                self.broadcast.clone(),
-            ),
-            (
-                Mode::Shared,
-                self.config.shared_group(),
-                self.shared.clone(),
-            ),
-        ] {
-            if self.registry.snapshot(mode).is_empty() {
-                tracing::info!(?mode, "no handler in this mode; not joining {group}");
-                continue;
-            }
-            let group = consumer::Group {
-                id: group,
-                topics: self.topics(mode),
-                session_timeout,
-            };
-            let (node, dispatcher, stop) = (self.clone(), self.dispatcher(mode), shutdown.clone());
-            tasks.spawn(async move {
-                consumer::run(&node.config, group, dispatcher, status, stop).await
-            });
-        }
-
-        // Expired blocklist entries go on their own.
-        let blocklist = self.effects.blocklist.clone();
-        let expiry_stop = shutdown.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tokio::select! {
-                    _ = expiry_stop.cancelled() => return anyhow::Ok(()),
-                    _ = tick.tick() => {
-                        let b = blocklist.clone();
-                        let written = tokio::task::spawn_blocking(move || {
-                            if b.expire(now_ms()) > 0 {
-                                b.flush()?;
-                            }
-                            b.export(false)
-                        })
-                        .await?;
-                        if let Err(e) = written {
-                            tracing::error!(error = %format!("{e:#}"), "cannot write the blocklist");
-                        }
-                    }
-                }
-            }
-        });
+        tasks.spawn(self.clone().supervise(session_timeout, shutdown.clone()));
+        tasks.spawn(self.clone().housekeeping(shutdown.clone()));
+        tasks.spawn(crate::watch::handler_folder(
+            self.registry.clone(),
+            shutdown.clone(),
+        ));
 
         let mut result = Ok(());
         while let Some(done) = tasks.join_next().await {
@@ -162,10 +147,92 @@ impl Node {
                 result = Err(e);
             }
         }
-        use crate::effects::Effects;
         self.effects.flush().await?;
         self.effects.blocklist.export(true)?;
         result
+    }
+
+    /// Keep one consumer group per mode that has handlers, joining or
+    /// leaving as reloads change the set.
+    async fn supervise(
+        self: Arc<Self>,
+        session_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut changes = self.registry.changes();
+        let mut running: [Option<(
+            CancellationToken,
+            tokio::task::JoinHandle<anyhow::Result<()>>,
+        )>; 2] = [None, None];
+        loop {
+            for (i, mode) in [Mode::Broadcast, Mode::Shared].into_iter().enumerate() {
+                let wanted = !self.registry.snapshot(mode).is_empty();
+                let group = match mode {
+                    Mode::Broadcast => self.config.broadcast_group(),
+                    Mode::Shared => self.config.shared_group(),
+                };
+                if wanted && running[i].is_none() {
+                    let stop = shutdown.child_token();
+                    let spec = consumer::Group {
+                        id: group,
+                        topics: self.topics(mode),
+                        session_timeout,
+                    };
+                    let (node, dispatcher, status) = (
+                        self.clone(),
+                        self.dispatcher(mode),
+                        self.status(mode).clone(),
+                    );
+                    let token = stop.clone();
+                    let task = tokio::spawn(async move {
+                        consumer::run(&node.config, spec, dispatcher, status, token).await
+                    });
+                    running[i] = Some((stop, task));
+                } else if !wanted && let Some((stop, task)) = running[i].take() {
+                    tracing::info!(group, "no handler in this mode any more; leaving the group");
+                    stop.cancel();
+                    task.await??;
+                } else if !wanted {
+                    tracing::info!(?mode, "no handler in this mode; not joining {group}");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = changes.changed() => if changed.is_err() { break },
+            }
+        }
+        for (_, task) in running.into_iter().flatten() {
+            task.await??;
+        }
+        Ok(())
+    }
+
+    /// Expire blocklist entries and keep its export current.
+    async fn housekeeping(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let b = self.effects.blocklist.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                if b.expire(now_ms()) > 0 {
+                    b.flush()?;
+                }
+                b.export(false)
+            })
+            .await?;
+            if let Err(e) = written {
+                tracing::error!(error = %format!("{e:#}"), "cannot write the blocklist");
+            }
+            metrics::gauge!("herald_blocklist_entries").set(self.effects.blocklist.len() as f64);
+            metrics::gauge!("herald_idle_accounts").set(self.effects.notices.accounts() as f64);
+            for (mode, s) in [("broadcast", &self.broadcast), ("shared", &self.shared)] {
+                metrics::gauge!("herald_assigned_partitions", "mode" => mode)
+                    .set(s.assigned.load(Ordering::Relaxed) as f64);
+            }
+        }
     }
 }
 

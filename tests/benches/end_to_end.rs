@@ -171,6 +171,8 @@ async fn latency() {
     let plain: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &c.broker)
         .set("group.id", unique("plain-latency"))
+        // Same as herald's consumers.
+        .set("fetch.wait.max.ms", "20")
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();

@@ -19,6 +19,9 @@ use serde_json::{Value, json};
 
 use crate::{handler, herald_bin};
 
+/// The API token every test node is configured with.
+pub const TOKEN: &str = "test-token";
+
 /// The broker's address, from `tests/broker.sh`.
 pub fn broker() -> String {
     std::env::var("HERALD_TEST_BROKER").expect(
@@ -107,7 +110,7 @@ impl TestCluster {
             "batch": {"size": 100, "linger": "2ms"},
             "retry": {"attempts": 3, "backoff": "50ms", "maxBackoff": "200ms"},
             "commitInterval": "100ms",
-            "api": {"listen": "127.0.0.1:0"},
+            "api": {"listen": "127.0.0.1:0", "token": TOKEN},
         });
         merge(&mut cfg, &self.settings);
         let path = self.dir.path().join(format!("{node}.json"));
@@ -188,6 +191,7 @@ pub fn ip_block(id: &str, ip: &str, action: &str, reason: &str) -> Value {
 /// streamed line by line, so a test can wait for what the node says.
 pub struct NodeProcess {
     pub node: String,
+    api: Option<String>,
     pub state: PathBuf,
     pub log: PathBuf,
     child: Child,
@@ -216,6 +220,7 @@ impl NodeProcess {
         });
         NodeProcess {
             node: node.to_string(),
+            api: None,
             state: state.to_path_buf(),
             log,
             child,
@@ -229,8 +234,19 @@ impl NodeProcess {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(pattern) => return line,
-                Ok(_) => {}
+                Ok(line) => {
+                    // Remember where the API listens, whoever waits.
+                    if line.contains("api listening")
+                        && let Some(addr) = line
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix("addr="))
+                    {
+                        self.api = Some(format!("http://{addr}"));
+                    }
+                    if line.contains(pattern) {
+                        return line;
+                    }
+                }
                 Err(_) => panic!(
                     "{}: no log line with `{pattern}` within {timeout:?} (log: {})",
                     self.node,
@@ -238,6 +254,14 @@ impl NodeProcess {
                 ),
             }
         }
+    }
+
+    /// The node's API base URL (`http://127.0.0.1:PORT`), once it listens.
+    pub fn api(&mut self) -> String {
+        if self.api.is_none() {
+            self.wait_for_log("api listening", Duration::from_secs(60));
+        }
+        self.api.clone().expect("api listening addr=...")
     }
 
     /// Wait until the node has partitions of `group` assigned.

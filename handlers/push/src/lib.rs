@@ -13,6 +13,7 @@ pub struct WebPush;
 impl Handler for WebPush {
     fn push(host: &impl Host, event: &Event, push: &Push) -> Outcome {
         let message = PushMessage {
+            account_id: push.account_id,
             endpoint: push.endpoint.clone(),
             payload: push.payload.clone(),
             ttl: push.ttl,

@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::effects::notify::Notice;
 use crate::event::{
     BlockAction, Body, CacheInvalidate, CacheItem, DataTypes, Event, IpBlock, QueueStatus,
     RegistryAction, RegistryChange, StateChange, now_ms,
@@ -89,7 +90,7 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
     println!("  embedded Kafka cluster: {bootstrap}  (topics {TOPIC}, {TOPIC}.dlq)");
     println!("  handlers:               {}", handlers.display());
     println!("  node state:             {}", state.path().display());
-    let node = Arc::new(Node::open(config)?);
+    let node = Arc::new(Node::open(config)?.with_metrics(super::node::install_metrics()?));
     for h in node.registry.all() {
         println!(
             "  handler {:<12} {:?}, subscribes to {:?}",
@@ -101,14 +102,18 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
     stop_on_signals(shutdown.clone());
     let running = tokio::spawn(node.clone().run(shutdown.clone()));
     spawn_dead_letter_viewer(&bootstrap, shutdown.clone())?;
-    let mut idle = node.effects.idle.subscribe();
+    let mut notices = node.effects.notices.subscribe(None);
     tokio::spawn(async move {
-        while let Ok(n) = idle.recv().await {
-            let types: Vec<&str> = n.types.names().collect();
-            println!(
-                "  IDLE wake-up: account {} change {} {:?}",
-                n.account_id, n.change_id, types
-            );
+        while let Ok(n) = notices.recv().await {
+            if let Notice::StateChange {
+                account_id,
+                change_id,
+                types,
+            } = n
+            {
+                let types: Vec<&str> = types.names().collect();
+                println!("  IDLE wake-up: account {account_id} change {change_id} {types:?}");
+            }
         }
     });
 

@@ -5,11 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::event::{Event, Position, now_ms};
+use crate::event::Event;
 use crate::kafka::producer::Producer;
 use crate::node::{Node, stop_on_signals};
 
@@ -17,33 +17,12 @@ use crate::node::{Node, stop_on_signals};
 pub async fn run(config: &Path) -> anyhow::Result<()> {
     let config = Config::load(config)?;
     tracing::info!(node = %config.node_id, brokers = ?config.brokers, "herald starting");
-    let node = Arc::new(Node::open(config)?);
+    let node = Arc::new(Node::open(config)?.with_metrics(install_metrics()?));
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
     node.run(shutdown).await?;
     tracing::info!("herald stopped");
     Ok(())
-}
-
-/// Read an event in the public JSON form. `id`, `origin` and `ts` may be
-/// left out: they are filled in as for an event this node publishes.
-pub fn read_event(text: &str, origin: &str) -> anyhow::Result<Event> {
-    let mut v: Value = serde_json::from_str(text).context("not JSON")?;
-    let obj = v
-        .as_object_mut()
-        .context("an event is a JSON object: {\"v\":1,\"kind\":...,\"body\":{...}}")?;
-    let fresh = Event::new(
-        origin,
-        crate::event::Body::SettingsReload(Default::default()),
-    );
-    obj.entry("v").or_insert(json!(1));
-    obj.entry("id").or_insert(json!(fresh.id));
-    obj.entry("origin").or_insert(json!(origin));
-    obj.entry("ts").or_insert(json!(now_ms()));
-    Ok(Event::from_json(
-        v.to_string().as_bytes(),
-        Position::default(),
-    )?)
 }
 
 /// `herald publish --config <file> <event.json>` (`-` for stdin): prints
@@ -63,8 +42,8 @@ pub async fn publish(
         std::fs::read_to_string(event)
             .with_context(|| format!("{}: cannot read", event.display()))?
     };
-    let event =
-        read_event(&text, &config.node_id).with_context(|| format!("{}", event.display()))?;
+    let event = Event::from_submitted(&text, &config.node_id)
+        .with_context(|| format!("{}", event.display()))?;
     let producer = Producer::new(&config)?;
     let delivered = producer.publish(&event).await?;
     writeln!(
@@ -74,4 +53,45 @@ pub async fn publish(
                "offset": delivered.offset, "id": event.id, "kind": event.body.kind()})
     )?;
     Ok(())
+}
+
+/// Install the process-wide Prometheus recorder that `/metrics` renders.
+pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("herald_handler_call_seconds".into()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                5.0,
+            ],
+        )?
+        .install_recorder()?)
+}
+
+/// `herald handler reload --config <file>`: ask the running node, through
+/// its local API, to re-read the handler folder now.
+pub async fn reload(config: &Path, out: &mut dyn std::io::Write) -> anyhow::Result<bool> {
+    let config = Config::load(config)?;
+    let token = match (&config.api.token, &config.api.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("api.tokenFile: cannot read {}", f.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => std::fs::read_to_string(config.state_dir.join("api.token"))
+            .context("no api.token in the config and no generated token in the state directory")?
+            .trim()
+            .to_string(),
+    };
+    let url = format!("http://{}/v1/handlers/reload", config.api.listen);
+    let response = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the node's API at {url}"))?;
+    let ok = response.status().is_success();
+    writeln!(out, "{}", response.text().await?)?;
+    Ok(ok)
 }

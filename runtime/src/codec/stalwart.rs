@@ -458,9 +458,11 @@ fn cache_invalidate_all(scope: CacheScope) -> Body {
 /// so that [`has_wire_form`] and [`encode`] never disagree.
 fn wire_problem(body: &Body) -> Option<EncodeErrorKind> {
     match body {
-        Body::Push(_) | Body::IpBlock(_) | Body::TlsCertificate(_) | Body::SettingsReload(_) => {
-            Some(EncodeErrorKind::NoWireForm(body.kind()))
-        }
+        Body::Push(_)
+        | Body::IpBlock(_)
+        | Body::TlsCertificate(_)
+        | Body::SettingsReload(_)
+        | Body::PushSubscriptionGone(_) => Some(EncodeErrorKind::NoWireForm(body.kind())),
         Body::CalendarAlert(alert) if alert.recurrence_id == Some(0) => {
             Some(EncodeErrorKind::ZeroRecurrence)
         }
@@ -559,7 +561,11 @@ fn encode_event(out: &mut Vec<u8>, body: &Body) -> Result<(), EncodeErrorKind> {
         }),
         Body::QueueRefresh(_) => out.push(tag::QUEUE_REFRESH),
         // Rejected by wire_problem above.
-        Body::Push(_) | Body::IpBlock(_) | Body::TlsCertificate(_) | Body::SettingsReload(_) => {}
+        Body::Push(_)
+        | Body::IpBlock(_)
+        | Body::TlsCertificate(_)
+        | Body::SettingsReload(_)
+        | Body::PushSubscriptionGone(_) => {}
     }
     Ok(())
 }

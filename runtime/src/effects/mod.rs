@@ -7,7 +7,10 @@
 //! `herald handler test` and tests.
 
 pub mod blocklist;
+pub mod certs;
 pub mod node;
+pub mod notify;
+pub mod push;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +32,7 @@ pub enum Effect {
     #[serde(rename_all = "camelCase")]
     PushDeliver {
         event_id: String,
+        account_id: u32,
         endpoint: String,
         payload: String,
         ttl: u32,

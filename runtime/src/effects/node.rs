@@ -1,21 +1,14 @@
 //! The node's real effects: what a running herald applies when handlers ask.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
-
 use super::blocklist::Blocklist;
+use super::certs::CertStore;
+use super::notify::{Hub, Notice};
+use super::push::{PushClient, PushSettings};
 use super::{Effect, EffectError, EffectFuture, Effects};
-use crate::event::{Body, DataTypes, Event};
-
-/// A state change to pass to this node's IDLE/EventSource subscribers.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IdleNotice {
-    pub account_id: u32,
-    pub change_id: u64,
-    pub types: DataTypes,
-}
+use crate::event::{Body, Event, PushSubscriptionGone};
 
 /// Sends events to the cluster; the Kafka producer implements it.
 pub trait Publisher: Send + Sync + 'static {
@@ -30,22 +23,27 @@ pub trait Publisher: Send + Sync + 'static {
 pub struct NodeEffects {
     node_id: String,
     pub blocklist: Arc<Blocklist>,
-    pub idle: broadcast::Sender<IdleNotice>,
+    pub certificates: Arc<CertStore>,
+    pub notices: Arc<Hub>,
+    push: PushClient,
     publisher: Arc<dyn Publisher>,
 }
 
 impl NodeEffects {
-    pub fn new(node_id: &str, blocklist: Arc<Blocklist>, publisher: Arc<dyn Publisher>) -> Self {
-        // IDLE wake-ups are fire-and-forget: a subscriber that falls more
-        // than this many behind is told it lagged rather than slowing
-        // event handling down.
-        let (idle, _) = broadcast::channel(1024);
-        NodeEffects {
+    /// Open the node's state in `state_dir`.
+    pub fn open(
+        node_id: &str,
+        state_dir: &Path,
+        publisher: Arc<dyn Publisher>,
+    ) -> anyhow::Result<Self> {
+        Ok(NodeEffects {
             node_id: node_id.to_string(),
-            blocklist,
-            idle,
+            blocklist: Arc::new(Blocklist::open(state_dir)?),
+            certificates: Arc::new(CertStore::open(state_dir)?),
+            notices: Arc::new(Hub::default()),
+            push: PushClient::open(state_dir, PushSettings::default())?,
             publisher,
-        }
+        })
     }
 
     async fn publish(&self, key: String, body: Body) -> Result<String, EffectError> {
@@ -67,8 +65,7 @@ impl Effects for NodeEffects {
                     change_id,
                     types,
                 } => {
-                    // No subscriber is not an error: nobody is idling.
-                    let _ = self.idle.send(IdleNotice {
+                    self.notices.publish(Notice::StateChange {
                         account_id,
                         change_id,
                         types,
@@ -94,12 +91,45 @@ impl Effects for NodeEffects {
                         .map_err(EffectError::Invalid)
                 }
                 Effect::Publish { key, body, .. } => self.publish(key, body).await.map(Some),
-                Effect::PushDeliver { .. } => Err(EffectError::Transient(
-                    "push delivery is not available on this node yet".into(),
-                )),
-                Effect::InstallCertificate { .. } => Err(EffectError::Transient(
-                    "the certificate store is not available on this node yet".into(),
-                )),
+                Effect::PushDeliver {
+                    event_id,
+                    account_id,
+                    endpoint,
+                    payload,
+                    ttl,
+                    urgency,
+                } => {
+                    let result = self
+                        .push
+                        .deliver(&event_id, &endpoint, payload.as_bytes(), ttl, urgency)
+                        .await;
+                    if let Err(EffectError::Gone(why)) = &result {
+                        // Tell the cluster, so the mail server deletes the
+                        // subscription; if that fails, the handler retries
+                        // and the next attempt publishes again.
+                        tracing::info!(handler, account_id, %endpoint, %why, "push subscription gone");
+                        let gone = Body::PushSubscriptionGone(PushSubscriptionGone {
+                            account_id,
+                            endpoint,
+                        });
+                        self.publish(format!("account:{account_id}"), gone).await?;
+                    }
+                    result.map(|_| None)
+                }
+                Effect::InstallCertificate {
+                    domains,
+                    not_after,
+                    chain_pem,
+                    private_key_pem,
+                } => {
+                    self.certificates
+                        .install(&domains, &chain_pem, &private_key_pem, not_after)
+                        .map_err(EffectError::Transient)?;
+                    tracing::info!(handler, ?domains, not_after, "certificate installed");
+                    self.notices
+                        .publish(Notice::Certificate { domains, not_after });
+                    Ok(None)
+                }
             }
         })
     }

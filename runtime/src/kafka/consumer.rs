@@ -47,6 +47,10 @@ type Tp = (String, i32);
 /// What the node needs to know about a group consumer (readiness, API).
 #[derive(Default)]
 pub struct Status {
+    /// The group consumer is running.
+    pub running: AtomicBool,
+    /// It has received its first assignment (possibly empty).
+    pub joined: AtomicBool,
     /// Partitions currently assigned to this consumer.
     pub assigned: AtomicUsize,
 }
@@ -87,7 +91,22 @@ struct Ctx {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// librdkafka's statistics: consumer lag per partition, as metrics.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!("herald_consumer_lag",
+                        "group" => self.shared.group.clone(),
+                        "topic" => topic.clone(),
+                        "partition" => partition.to_string())
+                    .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -263,10 +282,19 @@ pub async fn run(
         dispatcher,
         status,
     });
+    let mut client = super::client_config(cfg, &format!("consumer-{}", group.id));
+    if !cfg.kafka.contains_key("fetch.wait.max.ms") {
+        // IDLE wake-ups are latency-bound. A broker that holds a fetch until
+        // fetch.wait.max.ms (500 ms by default) would hold them too; asking
+        // again every 20 ms when idle costs little.
+        client.set("fetch.wait.max.ms", "20");
+    }
     let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
-        super::client_config(cfg, &format!("consumer-{}", group.id))
+        client
             .set("group.id", &group.id)
             .set("enable.auto.commit", "false")
+            // For the consumer-lag metric.
+            .set("statistics.interval.ms", "5000")
             .set("enable.auto.offset.store", "false")
             // A new node (or group) starts from the beginning and catches up.
             .set("auto.offset.reset", "earliest")
@@ -284,6 +312,7 @@ pub async fn run(
         .subscribe(&topics)
         .with_context(|| format!("cannot subscribe to {topics:?}"))?;
     tracing::info!(group = %group.id, topics = ?topics, "consuming");
+    shared.status.running.store(true, Ordering::Relaxed);
 
     // Commits run beside the loop: making effects durable takes disk time
     // that must not hold up fetching.
@@ -332,6 +361,9 @@ pub async fn run(
     let all: Vec<Tp> = shared.workers.lock().unwrap().keys().cloned().collect();
     shared.release(consumer.as_ref(), &all);
     consumer.unsubscribe();
+    shared.status.running.store(false, Ordering::Relaxed);
+    shared.status.joined.store(false, Ordering::Relaxed);
+    shared.status.assigned.store(0, Ordering::Relaxed);
     Ok(())
 }
 

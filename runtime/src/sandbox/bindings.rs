@@ -232,6 +232,10 @@ pub fn body_to_wit<'a>(body: &'a ev::Body, scratch: &'a Scratch<'a>) -> wit::Bod
             change_id: b.change_id,
         }),
         B::PushServerUpdate(b) => W::PushServerUpdate(b.account_id),
+        B::PushSubscriptionGone(b) => W::PushSubscriptionGone(wit::PushSubscriptionGoneParam {
+            account_id: b.account_id,
+            endpoint: &b.endpoint,
+        }),
     }
 }
 
@@ -296,6 +300,10 @@ pub fn body_from_wit(body: wit::BodyResult) -> ev::Body {
             change_id: b.change_id,
         }),
         W::PushServerUpdate(account_id) => B::PushServerUpdate(ev::PushServerUpdate { account_id }),
+        W::PushSubscriptionGone(b) => B::PushSubscriptionGone(ev::PushSubscriptionGone {
+            account_id: b.account_id,
+            endpoint: b.endpoint,
+        }),
     }
 }
 

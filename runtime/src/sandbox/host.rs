@@ -97,6 +97,7 @@ impl push::Host for HostState {
     ) -> Result<(), push::DeliveryError> {
         let effect = Effect::PushDeliver {
             event_id,
+            account_id: message.account_id,
             endpoint: message.endpoint,
             payload: message.payload,
             ttl: message.ttl,
