@@ -22,7 +22,7 @@ wasmtime::component::bindgen!({
     ownership: Borrowing { duplicate_if_necessary: true },
 });
 
-pub use herald::coordination::types as wit;
+pub use self::herald::coordination::types as wit;
 
 /// Bit n of Stalwart's data-type set is flag n, in WIT order.
 const DATA_TYPE_FLAGS: [wit::DataTypes; 23] = [
