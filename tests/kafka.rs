@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use herald_tests::cluster::{Install, TestCluster, ip_block, read_blocklist, wait_until};
+use herald_tests::cluster::{Install, TestCluster, ip_block, read_store, wait_until};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -112,7 +112,7 @@ async fn a_killed_nodes_shared_partitions_move_and_nothing_is_lost() {
     let expected = ips(0..300);
     wait_until("every event handled after the kill", LONG, || {
         let mut union: BTreeSet<String> = alive.iter().flat_map(|n| n.blocklist()).collect();
-        union.extend(read_blocklist(&dead[0].state));
+        union.extend(read_store(&dead[0].state));
         union == expected
     });
     // What came after the kill was handled by the survivors alone.

@@ -455,7 +455,12 @@ async fn a_handler_replaced_while_events_flow_handles_each_event_exactly_once() 
     // A reload by hand (`herald handler reload`) reports the failure too.
     let (status, report) = post(&mut node, "/v1/handlers/reload", &json!({})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{report}");
-    assert!(report["failed"][0][1].as_str().unwrap().contains("not a valid WebAssembly component"));
+    assert!(
+        report["failed"][0][1]
+            .as_str()
+            .unwrap()
+            .contains("not a valid WebAssembly component")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -65,7 +65,12 @@ impl TestCluster {
         let broker = broker();
         let topic = unique(name);
         let group = unique(&format!("{name}-group"));
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::Builder::new()
+            .prefix("herald-test-")
+            .tempdir()
+            .unwrap();
+        // HERALD_KEEP_TEST_DIRS=1 keeps configs, state and node logs for a post-mortem.
+        dir.disable_cleanup(std::env::var_os("HERALD_KEEP_TEST_DIRS").is_some());
         let folder = dir.path().join("handlers");
         std::fs::create_dir_all(&folder).unwrap();
         for h in handlers {
@@ -303,6 +308,19 @@ fn unsafe_sigterm(pid: u32) {
         .unwrap();
 }
 
+/// The blocklist store (snapshot + journal) of a node that is not running:
+/// what it made durable, whether or not it got to export it.
+pub fn read_store(state: &Path) -> BTreeSet<String> {
+    herald::effects::blocklist::Blocklist::open(state)
+        .unwrap()
+        .list(0)
+        .into_iter()
+        .map(|e| e.network)
+        .collect()
+}
+
+/// A running node's exported blocklist (`blocklist.txt`, rewritten at most
+/// once a second).
 pub fn read_blocklist(state: &Path) -> BTreeSet<String> {
     std::fs::read_to_string(state.join("blocklist.txt"))
         .unwrap_or_default()
