@@ -8,7 +8,6 @@
 
 pub mod api;
 pub mod cli;
-pub mod cli_stalwart;
 pub mod codec;
 pub mod config;
 pub mod dispatch;

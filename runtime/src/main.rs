@@ -144,10 +144,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             herald::cli::handler::inspect(&wasm, json, &mut stdout)?;
         }
         Command::Stalwart(StalwartCmd::Decode { hex }) => {
-            herald::cli_stalwart::decode_cmd(hex.as_deref(), &mut std::io::stdin(), &mut stdout)?;
+            herald::cli::stalwart::decode_cmd(hex.as_deref(), &mut std::io::stdin(), &mut stdout)?;
         }
         Command::Stalwart(StalwartCmd::Encode) => {
-            herald::cli_stalwart::encode_cmd(&mut std::io::stdin().lock(), &mut stdout)?;
+            herald::cli::stalwart::encode_cmd(&mut std::io::stdin().lock(), &mut stdout)?;
         }
     }
     Ok(ExitCode::SUCCESS)

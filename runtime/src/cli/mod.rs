@@ -4,3 +4,4 @@ pub mod config;
 pub mod demo;
 pub mod handler;
 pub mod node;
+pub mod stalwart;
