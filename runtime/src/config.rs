@@ -48,7 +48,7 @@ use anyhow::{anyhow, bail};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 
-use crate::manifest::parse_duration;
+use crate::manifest::{field_error, parse_duration};
 
 /// The only coordinator `@type` herald speaks.
 pub const COORDINATOR_TYPE: &str = "Kafka";
@@ -651,14 +651,7 @@ fn parse(text: &str) -> anyhow::Result<Config> {
     if !value.is_object() {
         bail!("the configuration must be a JSON object");
     }
-    let raw: Raw = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            anyhow!("{}", e.inner())
-        } else {
-            anyhow!("field `{path}`: {}", e.inner())
-        }
-    })?;
+    let raw: Raw = serde_path_to_error::deserialize(value).map_err(field_error)?;
 
     if let Some(kind) = &raw.kind
         && kind != COORDINATOR_TYPE

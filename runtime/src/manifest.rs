@@ -172,14 +172,7 @@ impl Manifest {
     pub fn parse(text: &str, default_name: &str) -> anyhow::Result<Manifest> {
         let table: toml::Table = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
         let raw: Raw =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let path = e.path().to_string();
-                if path == "." {
-                    anyhow!("{}", e.inner())
-                } else {
-                    anyhow!("field `{path}`: {}", e.inner())
-                }
-            })?;
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(field_error)?;
         for kind in &raw.subscribe {
             if !KINDS.contains(&kind.as_str()) {
                 bail!(
@@ -222,6 +215,16 @@ impl Manifest {
 
     pub fn subscribes_to(&self, kind: &str) -> bool {
         self.subscribe.contains(kind)
+    }
+}
+
+/// A deserialisation error, naming the field it happened at.
+pub fn field_error<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> anyhow::Error {
+    let path = e.path().to_string();
+    if path == "." {
+        anyhow!("{}", e.inner())
+    } else {
+        anyhow!("field `{path}`: {}", e.inner())
     }
 }
 

@@ -73,17 +73,8 @@ pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::Promethe
 /// its local API, to re-read the handler folder now.
 pub async fn reload(config: &Path, out: &mut dyn std::io::Write) -> anyhow::Result<bool> {
     let config = Config::load(config)?;
-    let token = match (&config.api.token, &config.api.token_file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("api.tokenFile: cannot read {}", f.display()))?
-            .trim()
-            .to_string(),
-        (None, None) => std::fs::read_to_string(config.state_dir.join("api.token"))
-            .context("no api.token in the config and no generated token in the state directory")?
-            .trim()
-            .to_string(),
-    };
+    let token = crate::api::existing_token(&config)?
+        .context("no api.token in the config and no generated token in the state directory")?;
     let url = format!("http://{}/v1/handlers/reload", config.api.listen);
     let response = reqwest::Client::new()
         .post(&url)
