@@ -1,6 +1,7 @@
 # herald: every developer and CI entry point.
 #   just demo    build everything and watch a node handle events (no install needed)
 #   just test    build everything and run every test
+#   just lint    formatting, clippy and rustdoc, warnings as errors
 #   just bench   sandbox and end-to-end benchmarks
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
@@ -11,7 +12,7 @@ target := env_var_or_default("CARGO_TARGET_DIR", root / "target")
 # the README's paths hold whatever CARGO_TARGET_DIR is).
 out := root / "target" / "handlers"
 handlers := "mailbox push blocking certificate"
-fixtures := "spin hog panic ungranted flaky"
+fixtures := "spin hog panic ungranted flaky sleeper logflood hugereason outcomes republish overreach badcert"
 
 default:
     @just --list
@@ -49,6 +50,14 @@ test: build
     tests/broker.sh install
     cargo test --release --workspace --exclude herald-tests
     HERALD_BIN={{ target }}/release/herald tests/broker.sh run cargo test --release -p herald-tests
+
+# Formatting, clippy (every target, natively) and rustdoc, warnings as
+# errors; also builds every benchmark so that none rots unnoticed.
+lint: setup
+    cargo fmt --all --check
+    cargo clippy --release --workspace --all-targets -- -D warnings
+    RUSTDOCFLAGS="-D warnings" cargo doc --release --workspace --no-deps --document-private-items
+    cargo bench --workspace --no-run
 
 # Benchmarks; figures are ratios against baselines measured in the same run.
 bench: build

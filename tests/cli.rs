@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use herald_tests::{handler, herald_bin, ip_block_json, write_events};
+use herald_tests::{handler, herald_bin, ip_block, write_events};
 use serde_json::Value;
 
 fn handler_test(wasm: &str, events: &[Value]) -> (Vec<Value>, bool) {
@@ -29,8 +29,8 @@ fn blocking_shows_the_effect_and_rejects_garbage() {
     let (lines, ok) = handler_test(
         "blocking",
         &[
-            ip_block_json("a", "203.0.113.7"),
-            ip_block_json("b", "not-an-ip"),
+            ip_block("a", "203.0.113.7", "block", "test"),
+            ip_block("b", "not-an-ip", "block", "test"),
         ],
     );
     assert!(ok);
@@ -44,7 +44,10 @@ fn blocking_shows_the_effect_and_rejects_garbage() {
 
 #[test]
 fn a_panic_is_reported_as_a_reject_with_its_message() {
-    let (lines, ok) = handler_test("fixtures/panic", &[ip_block_json("a", "203.0.113.7")]);
+    let (lines, ok) = handler_test(
+        "fixtures/panic",
+        &[ip_block("a", "203.0.113.7", "block", "test")],
+    );
     assert!(ok);
     assert_eq!(lines[0]["outcome"], "reject");
     assert_eq!(lines[0]["failure"], "panic");
@@ -59,7 +62,10 @@ fn a_panic_is_reported_as_a_reject_with_its_message() {
 #[test]
 fn malformed_lines_are_named_and_fail_the_run() {
     let bad = serde_json::json!({"v":1,"id":"x","kind":"ip-block","origin":"t","ts":1,"body":{}});
-    let (lines, ok) = handler_test("blocking", &[bad, ip_block_json("a", "203.0.113.7")]);
+    let (lines, ok) = handler_test(
+        "blocking",
+        &[bad, ip_block("a", "203.0.113.7", "block", "test")],
+    );
     assert!(!ok, "a bad line must fail the run");
     assert_eq!(lines[0]["line"], 1);
     assert!(lines[0]["error"].as_str().unwrap().contains("`ip`"));
@@ -78,7 +84,7 @@ fn inspect_names_world_and_capabilities() {
         .unwrap();
     assert!(out.status.success());
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(info["world"], "herald:coordination/handler@0.1.0");
+    assert_eq!(info["world"], "herald:coordination/handler@0.2.0");
     assert_eq!(
         info["capabilities"],
         serde_json::json!(["config", "blocklist"])
@@ -118,7 +124,10 @@ fn config_check_accepts_the_examples() {
              "timeoutSession": "5s", "timeoutMessage": "5s", "nodeId": "mx1" }"#,
     );
     assert!(ok, "{out}");
-    assert!(out.contains("stalwart-cluster.mx1"), "{out}");
+    assert!(
+        out.contains("broadcast: stalwart-cluster.herald.mx1"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -16,17 +16,8 @@ fn ip(i: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_event_survives_repeated_sigkill() {
-    let c = TestCluster::new(
-        "crash",
-        4,
-        &[Install {
-            wasm: "blocking",
-            name: "blocking",
-            manifest: "subscribe = [\"ip-block\"]\nmode = \"broadcast\"\ncapabilities = [\"blocklist\"]",
-        }],
-    )
-    .await;
-    let group = format!("{}.victim", c.group);
+    let c = TestCluster::new("crash", 4, &[Install::builtin("blocking")]).await;
+    let group = c.broadcast_group("victim");
     let mut node = c.start("victim");
     node.wait_assigned(&group);
 

@@ -15,17 +15,6 @@ use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(60);
 
-const MAILBOX: Install = Install {
-    wasm: "mailbox",
-    name: "mailbox",
-    manifest: "subscribe = [\"state-change\"]\nmode = \"broadcast\"\ncapabilities = [\"idle\"]",
-};
-const BLOCKING: Install = Install {
-    wasm: "blocking",
-    name: "blocking",
-    manifest: "subscribe = [\"ip-block\"]\nmode = \"broadcast\"\ncapabilities = [\"blocklist\"]",
-};
-
 fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
@@ -115,11 +104,11 @@ fn state_change(account: u32, change: u64) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_subscriber_on_one_node_hears_a_change_published_on_another() {
-    let c = TestCluster::new("idle", 3, &[MAILBOX]).await;
+    let c = TestCluster::new("idle", 3, &[Install::builtin("mailbox")]).await;
     let mut a = c.start("a");
     let mut b = c.start("b");
-    a.wait_assigned(&format!("{}.a", c.group));
-    b.wait_assigned(&format!("{}.b", c.group));
+    a.wait_assigned(&c.broadcast_group("a"));
+    b.wait_assigned(&c.broadcast_group("b"));
     let mut five = Stream::open(&mut a, "?account=5").await;
     let mut six = Stream::open(&mut a, "?account=6").await;
     // Warm the path once (connections, first fetch), then measure.
@@ -147,12 +136,16 @@ async fn an_idle_subscriber_on_one_node_hears_a_change_published_on_another() {
     assert_eq!(six.next().await.1["changeId"], 99);
 }
 
+/// A request the test push service received: subscription, body, `TTL`
+/// and `Urgency`.
+type Received = (String, Vec<u8>, String, String);
+
 /// A Web Push endpoint on loopback that answers from a script and records
 /// what it received.
 #[derive(Clone, Default)]
 struct PushServer {
     script: Arc<Mutex<Vec<u16>>>,
-    received: Arc<Mutex<Vec<(String, Vec<u8>, String, String)>>>,
+    received: Arc<Mutex<Vec<Received>>>,
 }
 
 impl PushServer {
@@ -223,19 +216,12 @@ async fn handled(nodes: &mut [NodeProcess], handler: &str) -> u64 {
 async fn push_is_delivered_once_per_cluster_retried_on_503_and_stopped_by_410() {
     let server = PushServer::default();
     let base = server.start().await;
-    let c = TestCluster::new(
-        "push",
-        3,
-        &[Install {
-            wasm: "push",
-            name: "push",
-            manifest: "subscribe = [\"push\"]\nmode = \"shared\"\ncapabilities = [\"push\"]\n[limits]\ndeadline = \"30s\"",
-        }],
-    )
-    .await;
+    let mut c = TestCluster::new("push", 3, &[Install::builtin("push")]).await;
+    // The test's push service listens on loopback.
+    c.settings = json!({"push": {"allowPrivate": true}});
     let mut nodes: Vec<_> = ["a", "b", "c"].iter().map(|n| c.start(n)).collect();
     for n in &mut nodes {
-        n.wait_assigned(&c.group);
+        n.wait_assigned(&c.shared_group());
     }
     let push = |id: &str, sub: &str| {
         json!({"v":1,"id":id,"kind":"push","origin":"test","ts":1,
@@ -296,9 +282,9 @@ async fn push_is_delivered_once_per_cluster_retried_on_503_and_stopped_by_410() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_blocklist_survives_a_restart_and_expiries_take_effect() {
-    let c = TestCluster::new("blocklist", 2, &[BLOCKING]).await;
+    let c = TestCluster::new("blocklist", 2, &[Install::builtin("blocking")]).await;
     let mut node = c.start("a");
-    let group = format!("{}.a", c.group);
+    let group = c.broadcast_group("a");
     node.wait_assigned(&group);
     let expires = herald::event::now_ms() + 2_000;
     let mut short = ip_block("short", "198.51.100.2", "block", "brief");
@@ -354,18 +340,9 @@ fn fixture(name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificates_are_checked_stored_served_and_announced() {
-    let c = TestCluster::new(
-        "certs",
-        1,
-        &[Install {
-            wasm: "certificate",
-            name: "certificate",
-            manifest: "subscribe = [\"tls-certificate\"]\nmode = \"broadcast\"\ncapabilities = [\"certificates\"]\n[limits]\nmemory = \"32MiB\"",
-        }],
-    )
-    .await;
+    let c = TestCluster::new("certs", 1, &[Install::builtin("certificate")]).await;
     let mut node = c.start("a");
-    node.wait_assigned(&format!("{}.a", c.group));
+    node.wait_assigned(&c.broadcast_group("a"));
     let mut all = Stream::open(&mut node, "").await;
     let cert = |id: &str, key: &str| {
         json!({"v":1,"id":id,"kind":"tls-certificate","origin":"test","ts":1,
@@ -404,9 +381,9 @@ async fn certificates_are_checked_stored_served_and_announced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handler_replaced_while_events_flow_handles_each_event_exactly_once() {
-    let c = TestCluster::new("reload", 2, &[BLOCKING]).await;
+    let c = TestCluster::new("reload", 2, &[Install::builtin("blocking")]).await;
     let mut node = c.start("a");
-    node.wait_assigned(&format!("{}.a", c.group));
+    node.wait_assigned(&c.broadcast_group("a"));
     let folder = c.dir.path().join("handlers");
     let (_, before) = get(&mut node, "/v1/handlers").await;
     let old_sha = before["handlers"][0]["sha256"].clone();
@@ -447,10 +424,10 @@ async fn a_handler_replaced_while_events_flow_handles_each_event_exactly_once() 
     node.wait_for_log("handler did not load", LONG);
     let (_, v) = get(&mut node, "/v1/handlers").await;
     assert_eq!(v["handlers"][0]["sha256"], new_sha);
-    c.publish("k", &ip_block("after", "192.0.2.200", "block", "ok"))
+    c.publish("k", &ip_block("after", "203.0.113.200", "block", "ok"))
         .await;
     wait_until("still handling", LONG, || {
-        node.blocklist().contains("192.0.2.200")
+        node.blocklist().contains("203.0.113.200")
     });
     // A reload by hand (`herald handler reload`) reports the failure too.
     let (status, report) = post(&mut node, "/v1/handlers/reload", &json!({})).await;
@@ -465,7 +442,7 @@ async fn a_handler_replaced_while_events_flow_handles_each_event_exactly_once() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_wants_the_token_and_stays_on_loopback() {
-    let c = TestCluster::new("token", 1, &[BLOCKING]).await;
+    let c = TestCluster::new("token", 1, &[Install::builtin("blocking")]).await;
     let mut node = c.start("a");
     let api = node.api();
     for path in ["/v1/blocklist", "/v1/handlers", "/metrics", "/v1/stream"] {
@@ -489,7 +466,7 @@ async fn the_api_wants_the_token_and_stays_on_loopback() {
     let r = http().get(format!("{api}/healthz")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert!(api.starts_with("http://127.0.0.1:"));
-    node.wait_assigned(&format!("{}.a", c.group));
+    node.wait_assigned(&c.broadcast_group("a"));
     let (status, v) = get(&mut node, "/metrics").await;
     assert_eq!(status, StatusCode::OK, "{v}");
 
@@ -514,16 +491,16 @@ async fn the_api_wants_the_token_and_stays_on_loopback() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalwart_record_wakes_idle_and_herald_speaks_stalwart() {
-    let mut c = TestCluster::new("stalwart", 1, &[MAILBOX]).await;
+    let mut c = TestCluster::new("stalwart", 1, &[Install::builtin("mailbox")]).await;
     let stwt = herald_tests::cluster::unique("stwt.agora");
     herald_tests::cluster::create_topics(&c.broker, &[stwt.clone(), format!("{stwt}.dlq")], 1)
         .await;
     c.settings = json!({"stalwart": {"enabled": true, "nodeId": 900, "topic": stwt}});
     let mut node = c.start("a");
-    node.wait_assigned(&format!("{}.a", c.group));
+    node.wait_assigned(&c.broadcast_group("a"));
     let mut five = Stream::open(&mut node, "?account=5").await;
 
-    // A Stalwart node (id 1) publishes the DESIGN.md example record.
+    // A Stalwart node (id 1) publishes a record of the wire format's worked example.
     let record = herald::codec::stalwart::encode(&herald::codec::stalwart::Record {
         node_id: 1,
         events: vec![herald::event::Body::StateChange(

@@ -1,34 +1,10 @@
-//! # herald-guest
-//!
-//! Write herald coordination-event handlers in Rust. A handler is a type that
-//! implements [`Handler`], overriding one function per event kind it cares
-//! about (the rest answer [`Outcome::Ok`]), exported with [`export!`]:
-//!
-//! ```ignore
-//! use herald_guest::{Event, Handler, Host, Outcome, StateChange};
-//!
-//! struct Wake;
-//!
-//! impl Handler for Wake {
-//!     fn state_change(host: &impl Host, _: &Event, c: &StateChange) -> Outcome {
-//!         host.notify_idle(c.account_id, c.change_id, c.types);
-//!         Outcome::Ok
-//!     }
-//! }
-//!
-//! herald_guest::export!(Wake);
-//! ```
-//!
-//! Functions receive the node through [`Host`]; in the component it calls
-//! the host's capability interfaces, and in native unit tests
-//! [`testing::RecordingHost`] stands in for it and records what was asked.
-//! Only the capabilities a handler actually calls end up imported by its
-//! component, which is what the deployer must grant in the manifest.
-//!
-//! See README.md beside this crate for a worked example.
+#![doc = include_str!("../README.md")]
 
+mod fail;
 pub mod net;
 pub mod testing;
+#[cfg(feature = "x509")]
+pub mod x509;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -39,98 +15,298 @@ pub mod bindings {
         default_bindings_module: "herald_guest::bindings",
         export_macro_name: "export_handler",
         additional_derives: [PartialEq],
+        // Lifted straight into the hand-written enum (see fail.rs for why).
+        with: {
+            "herald:coordination/types@0.2.0/effect-error": crate::EffectError,
+        },
     });
 }
 
 use bindings::herald::coordination as wit;
 
+pub use fail::{EffectError, Fail, Handled, OrFail, reject, retry};
 pub use wit::certificates::Certificate;
 pub use wit::log::Level;
-pub use wit::push::{DeliveryError, Message as PushMessage};
+pub use wit::push::Message as PushMessage;
 pub use wit::types::{
     BlockAction, Body, CacheItem, CacheScope, CalendarAlert, DataTypes, EmailPush, Event, IpBlock,
     NegativeEmail, Outcome, Position, Push, PushSubscriptionGone, RegistryAction, RegistryChange,
     StateChange, TlsCertificate, Urgency,
 };
 
-/// What a handler can ask of the node. Each method is one capability
-/// function; the manifest must grant its interface (noted per method).
-pub trait Host {
-    /// Write to the node's log (always granted).
-    fn log(&self, level: Level, message: &str);
-    /// A value from the manifest's `[settings]` (always granted).
-    fn setting(&self, key: &str) -> Option<String>;
-    /// Wake the IDLE sessions of an account (`idle`).
-    fn notify_idle(&self, account_id: u32, change_id: u64, types: DataTypes);
-    /// Deliver a Web Push message, once per event id (`push`).
-    fn deliver_push(&self, event_id: &str, message: &PushMessage) -> Result<(), DeliveryError>;
-    /// Block an address or network (`blocklist`).
-    fn block(&self, network: &str, reason: &str, expires_at: Option<u64>) -> Result<(), String>;
-    /// Lift a block (`blocklist`).
-    fn unblock(&self, network: &str) -> Result<(), String>;
-    /// Install a certificate and its key (`certificates`).
-    fn install_certificate(&self, certificate: &Certificate) -> Result<(), String>;
-    /// Publish an event keyed by `key`; returns its id (`publish`).
-    fn publish(&self, key: &str, body: &Body) -> Result<String, String>;
+/// What a handler module usually needs: `use herald_guest::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        BlockAction, Body, CacheItem, CacheScope, CalendarAlert, Certificate, DataTypes,
+        EffectError, EmailPush, Event, Fail, Handled, Handler, Host, IpBlock, Level, OrFail, Push,
+        PushMessage, PushSubscriptionGone, RegistryChange, StateChange, TlsCertificate, reject,
+        retry,
+    };
 }
 
-/// A handler: one function per event kind, each defaulting to `Ok`.
+/// What a handler can ask of the node.
+///
+/// Each method is one function of a capability interface of
+/// `wit/herald.wit`. The deployer grants interfaces one by one in the
+/// handler's manifest (`capabilities = ["blocklist", ...]`), and a component
+/// that imports an interface it was not granted is refused at load. Only the
+/// methods a handler actually calls are imported by its component, so a
+/// handler needs exactly the grants of the methods it uses.
+///
+/// The fallible methods answer with an [`EffectError`], whose class tells
+/// what to do about it; `?` maps it to a [`Fail`] by that class
+/// (`Transient` retries, the rest reject).
+///
+/// In the component the node is [`WasmHost`]; in native unit tests
+/// [`testing::RecordingHost`] stands in for it.
+pub trait Host {
+    /// Write `message` to the node's log, tagged with the handler's name.
+    ///
+    /// Interface `log`: always available, needs no grant.
+    fn log(&self, level: Level, message: &str);
+
+    /// The value of `key` in the `[settings]` table of the handler's
+    /// manifest, `None` if it is not set.
+    ///
+    /// Interface `config`: always available, needs no grant.
+    fn setting(&self, key: &str) -> Option<String>;
+
+    /// Wake the IMAP IDLE and JMAP EventSource sessions of `account_id` on
+    /// this node. Best effort: an account with no session has nothing to
+    /// wake, so there is no error.
+    ///
+    /// Capability `idle`.
+    fn notify_idle(&self, account_id: u32, change_id: u64, types: DataTypes);
+
+    /// Deliver a Web Push message. `event_id` makes delivery idempotent: the
+    /// node never delivers the same event id twice, so pass the event's id.
+    ///
+    /// Capability `push`. Errors:
+    /// - `Transient`: network error, 429 or 5xx from the push service; the
+    ///   same event may be delivered on retry.
+    /// - `Gone`: the subscription answered 404 or 410. The node has already
+    ///   published `push-subscription-gone`, so this is usually the end of
+    ///   it rather than a fault.
+    /// - `Invalid`: the message cannot be delivered as it is (bad endpoint,
+    ///   other 4xx).
+    /// - `Denied`: the node's policy refuses the delivery.
+    fn deliver_push(&self, event_id: &str, message: &PushMessage) -> Result<(), EffectError>;
+
+    /// Block `network` (an address or CIDR network in canonical form, see
+    /// [`net::canonical`]) on this node, until `expires_at` (Unix
+    /// milliseconds) or until unblocked.
+    ///
+    /// Capability `blocklist`. Errors:
+    /// - `Transient`: the blocklist could not be updated now (store error).
+    /// - `Invalid`: the node does not take `network` as an address or
+    ///   network.
+    /// - `Denied`: the node refuses to block it (a protected network).
+    fn block(
+        &self,
+        network: &str,
+        reason: &str,
+        expires_at: Option<u64>,
+    ) -> Result<(), EffectError>;
+
+    /// Lift the block on `network` (canonical form, as blocked).
+    ///
+    /// Capability `blocklist`. Errors as for [`Host::block`].
+    fn unblock(&self, network: &str) -> Result<(), EffectError>;
+
+    /// Install a certificate chain and its private key into the node's
+    /// certificate store, for the domains it names.
+    ///
+    /// Capability `certificates`. Errors:
+    /// - `Transient`: the store could not be written now (disk error).
+    /// - `Invalid`: the node cannot use the certificate or key as given
+    ///   (unparseable, invalid domain).
+    /// - `Denied`: the node's policy refuses it.
+    fn install_certificate(&self, certificate: &Certificate) -> Result<(), EffectError>;
+
+    /// Publish an event with `body` to the cluster on behalf of `cause` (the
+    /// event being handled), keyed by `key` (the entity it concerns: an
+    /// account, an IP, a domain, so that events about one entity stay in
+    /// order). Returns the new event's id, which the node derives from the
+    /// cause, the handler and how many events this call published for that
+    /// cause: a retried call publishes the same ids, not new events. The new
+    /// event carries one more hop than its cause; past the node's limit it
+    /// is dead-lettered instead of handled, which ends publish loops.
+    ///
+    /// Capability `publish`, for the kinds the manifest lists in `publish`.
+    /// Errors:
+    /// - `Transient`: the producer could not take it now (queue full,
+    ///   broker unreachable).
+    /// - `Invalid`: the body cannot be published as it is, or `cause` is
+    ///   not an event of this call.
+    /// - `Denied`: the manifest may not publish this kind of event, or the
+    ///   call used up its publish budget (`limits.publishes`).
+    fn publish(&self, cause: &Event, key: &str, body: &Body) -> Result<String, EffectError>;
+}
+
+/// A handler: one function per event kind, each called once per event of
+/// that kind in a batch, in order.
+///
+/// Override the functions of the kinds the handler's manifest subscribes to;
+/// the others answer `Ok(())` (nothing to do). Every function gets the node
+/// as `host`, the whole `event` (id, origin, timestamp, Kafka position) and
+/// its body, and returns a [`Handled`]:
+///
+/// - `Ok(())`: handled, or nothing to do; the event's offset may be
+///   committed.
+/// - `Err(Fail::Retry(reason))` (or `return retry(..)`, or `?` on a
+///   transient [`EffectError`]): herald retries the event later with
+///   backoff, holding its partition so that order is kept.
+/// - `Err(Fail::Reject(reason))` (or `return reject(..)`, or `?` on any
+///   other [`EffectError`]): herald sends the event to the dead-letter topic
+///   with the reason.
+///
+/// A retried event is handled again from the start, so effects must be
+/// safe to repeat: pass `event.id` where a capability asks for it.
 #[allow(unused_variables)]
 pub trait Handler {
-    fn state_change(host: &impl Host, event: &Event, change: &StateChange) -> Outcome {
-        Outcome::Ok
+    /// A `state-change` event: something changed in an account (`change`:
+    /// account id, change id and the JMAP data types touched), and its
+    /// IMAP IDLE / JMAP EventSource sessions may need waking.
+    ///
+    /// `Ok(())` once the sessions are notified, or if the change does not
+    /// concern them.
+    fn state_change(host: &impl Host, event: &Event, change: &StateChange) -> Handled {
+        Ok(())
     }
-    fn push(host: &impl Host, event: &Event, push: &Push) -> Outcome {
-        Outcome::Ok
+
+    /// A `push` event: a Web Push message to deliver once per cluster
+    /// (`push`: account, endpoint, payload, TTL, urgency).
+    ///
+    /// `Ok(())` once delivered, or when there is nothing left to deliver to;
+    /// `Err(Retry)` to attempt the delivery again later.
+    fn push(host: &impl Host, event: &Event, push: &Push) -> Handled {
+        Ok(())
     }
-    fn ip_block(host: &impl Host, event: &Event, block: &IpBlock) -> Outcome {
-        Outcome::Ok
+
+    /// An `ip-block` event: block or unblock `block.ip`, an address or CIDR
+    /// network exactly as the publisher wrote it (validate it, see
+    /// [`net::parse_network`]).
+    ///
+    /// `Ok(())` once applied (or deliberately ignored); `Err(Reject)` for an
+    /// address that can never be applied.
+    fn ip_block(host: &impl Host, event: &Event, block: &IpBlock) -> Handled {
+        Ok(())
     }
-    fn tls_certificate(host: &impl Host, event: &Event, cert: &TlsCertificate) -> Outcome {
-        Outcome::Ok
+
+    /// A `tls-certificate` event: a certificate chain and private key for
+    /// `cert.domains`, as published; nothing in it is checked yet.
+    ///
+    /// `Ok(())` once installed; `Err(Reject)` for a certificate that can
+    /// never be installed.
+    fn tls_certificate(host: &impl Host, event: &Event, cert: &TlsCertificate) -> Handled {
+        Ok(())
     }
-    fn cache_invalidate(host: &impl Host, event: &Event, items: &[CacheItem]) -> Outcome {
-        Outcome::Ok
+
+    /// A `cache-invalidate` event: drop these cached `items`.
+    ///
+    /// `Ok(())` once dropped.
+    fn cache_invalidate(host: &impl Host, event: &Event, items: &[CacheItem]) -> Handled {
+        Ok(())
     }
-    fn cache_invalidate_all(host: &impl Host, event: &Event, scope: CacheScope) -> Outcome {
-        Outcome::Ok
+
+    /// A `cache-invalidate-all` event: drop every cache, or only the
+    /// negative ones (`scope`).
+    ///
+    /// `Ok(())` once dropped.
+    fn cache_invalidate_all(host: &impl Host, event: &Event, scope: CacheScope) -> Handled {
+        Ok(())
     }
-    fn settings_reload(host: &impl Host, event: &Event) -> Outcome {
-        Outcome::Ok
+
+    /// A `settings-reload` event: the mail server's settings changed and
+    /// should be read again. The event has no body.
+    ///
+    /// `Ok(())` once reloaded.
+    fn settings_reload(host: &impl Host, event: &Event) -> Handled {
+        Ok(())
     }
-    fn queue_status(host: &impl Host, event: &Event, running: bool) -> Outcome {
-        Outcome::Ok
+
+    /// A `queue-status` event: the MTA queue is now running (`true`) or
+    /// paused (`false`).
+    ///
+    /// `Ok(())` once applied.
+    fn queue_status(host: &impl Host, event: &Event, running: bool) -> Handled {
+        Ok(())
     }
-    fn queue_refresh(host: &impl Host, event: &Event) -> Outcome {
-        Outcome::Ok
+
+    /// A `queue-refresh` event: the MTA queue should be scanned again. The
+    /// event has no body.
+    ///
+    /// `Ok(())` once done.
+    fn queue_refresh(host: &impl Host, event: &Event) -> Handled {
+        Ok(())
     }
-    fn registry_change(host: &impl Host, event: &Event, change: &RegistryChange) -> Outcome {
-        Outcome::Ok
+
+    /// A `registry-change` event: a settings object of the mail server was
+    /// inserted or deleted, or every object of a type is to be reloaded
+    /// (`change.id` is `None` then).
+    ///
+    /// `Ok(())` once applied, or if the object type does not concern the
+    /// handler.
+    fn registry_change(host: &impl Host, event: &Event, change: &RegistryChange) -> Handled {
+        Ok(())
     }
-    fn calendar_alert(host: &impl Host, event: &Event, alert: &CalendarAlert) -> Outcome {
-        Outcome::Ok
+
+    /// A `calendar-alert` event: an alert of a calendar event is due
+    /// (`alert`: account, event, recurrence, alert id).
+    ///
+    /// `Ok(())` once the alert is dealt with.
+    fn calendar_alert(host: &impl Host, event: &Event, alert: &CalendarAlert) -> Handled {
+        Ok(())
     }
-    fn email_push(host: &impl Host, event: &Event, push: &EmailPush) -> Outcome {
-        Outcome::Ok
+
+    /// An `email-push` event: an email arrived for an account with push
+    /// subscriptions (`push`: account, email id, change id).
+    ///
+    /// `Ok(())` once the subscriptions are served.
+    fn email_push(host: &impl Host, event: &Event, push: &EmailPush) -> Handled {
+        Ok(())
     }
-    fn push_server_update(host: &impl Host, event: &Event, account_id: u32) -> Outcome {
-        Outcome::Ok
+
+    /// A `push-server-update` event: the push subscriptions of
+    /// `account_id` changed.
+    ///
+    /// `Ok(())` once taken into account.
+    fn push_server_update(host: &impl Host, event: &Event, account_id: u32) -> Handled {
+        Ok(())
     }
+
+    /// A `push-subscription-gone` event: a subscription's endpoint answered
+    /// that it is gone (404/410), so the mail server should delete the
+    /// subscription (`gone`: account and endpoint).
+    ///
+    /// `Ok(())` once deleted (or already gone).
     fn push_subscription_gone(
         host: &impl Host,
         event: &Event,
         gone: &PushSubscriptionGone,
-    ) -> Outcome {
-        Outcome::Ok
+    ) -> Handled {
+        Ok(())
     }
 }
 
-/// Route each event of a batch to its function; one outcome per event.
+/// Route each event of a batch to its [`Handler`] function and collect one
+/// [`Outcome`] per event, in order: `Ok(())` is [`Outcome::Ok`],
+/// [`Fail::Retry`] is [`Outcome::Retry`] and [`Fail::Reject`] is
+/// [`Outcome::Reject`], with the reason.
+///
+/// This is what the component runs for each batch ([`export!`]); unit tests
+/// call it with a [`testing::RecordingHost`].
 pub fn handle<T: Handler>(host: &impl Host, events: &[Event]) -> Vec<Outcome> {
-    events.iter().map(|e| handle_one::<T>(host, e)).collect()
+    events
+        .iter()
+        .map(|e| match handle_one::<T>(host, e) {
+            Ok(()) => Outcome::Ok,
+            Err(fail) => fail.into(),
+        })
+        .collect()
 }
 
-fn handle_one<T: Handler>(host: &impl Host, e: &Event) -> Outcome {
+fn handle_one<T: Handler>(host: &impl Host, e: &Event) -> Handled {
     match &e.body {
         Body::StateChange(b) => T::state_change(host, e, b),
         Body::Push(b) => T::push(host, e, b),
@@ -149,14 +325,13 @@ fn handle_one<T: Handler>(host: &impl Host, e: &Event) -> Outcome {
     }
 }
 
-/// `Outcome::Retry` with a reason.
-pub fn retry(reason: impl Into<String>) -> Outcome {
-    Outcome::Retry(reason.into())
-}
-
-/// `Outcome::Reject` with a reason.
-pub fn reject(reason: impl Into<String>) -> Outcome {
-    Outcome::Reject(reason.into())
+impl From<Fail> for Outcome {
+    fn from(fail: Fail) -> Outcome {
+        match fail {
+            Fail::Retry(reason) => Outcome::Retry(reason),
+            Fail::Reject(reason) => Outcome::Reject(reason),
+        }
+    }
 }
 
 /// The real node, through the component's imports. Each method is only
@@ -183,24 +358,34 @@ impl Host for WasmHost {
     fn notify_idle(&self, account_id: u32, change_id: u64, types: DataTypes) {
         wit::idle::notify(account_id, change_id, types)
     }
-    fn deliver_push(&self, event_id: &str, message: &PushMessage) -> Result<(), DeliveryError> {
+    fn deliver_push(&self, event_id: &str, message: &PushMessage) -> Result<(), EffectError> {
         wit::push::deliver(event_id, message)
     }
-    fn block(&self, network: &str, reason: &str, expires_at: Option<u64>) -> Result<(), String> {
+    fn block(
+        &self,
+        network: &str,
+        reason: &str,
+        expires_at: Option<u64>,
+    ) -> Result<(), EffectError> {
         wit::blocklist::block(network, reason, expires_at)
     }
-    fn unblock(&self, network: &str) -> Result<(), String> {
+    fn unblock(&self, network: &str) -> Result<(), EffectError> {
         wit::blocklist::unblock(network)
     }
-    fn install_certificate(&self, certificate: &Certificate) -> Result<(), String> {
+    fn install_certificate(&self, certificate: &Certificate) -> Result<(), EffectError> {
         wit::certificates::install(certificate)
     }
-    fn publish(&self, key: &str, body: &Body) -> Result<String, String> {
-        wit::publish::publish(key, body)
+    fn publish(&self, cause: &Event, key: &str, body: &Body) -> Result<String, EffectError> {
+        wit::publish::publish(&cause.id, key, body)
     }
 }
 
-/// Export a [`Handler`] as the component's `handle` function.
+/// Export a [`Handler`] as the component's `handle` function, which runs
+/// [`handle`] on each batch with the real node ([`WasmHost`]):
+/// `herald_guest::export!(MyHandler);` once, at the crate root.
+///
+/// It expands to nothing outside wasm32, so the same crate builds natively
+/// for its unit tests.
 #[macro_export]
 macro_rules! export {
     ($handler:ty) => {

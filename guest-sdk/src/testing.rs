@@ -1,19 +1,37 @@
 //! A recording stand-in for the node, so handler logic can be unit-tested
 //! natively with `cargo test`, and builders for test events.
 //!
-//! ```ignore
-//! let host = RecordingHost::new().with_setting("allowlist", "10.0.0.0/8");
-//! let out = herald_guest::handle::<MyHandler>(&host, &[testing::ip_block("203.0.113.7")]);
+//! ```
+//! use herald_guest::testing::{self, Call, Effect, RecordingHost};
+//! use herald_guest::{EffectError, Event, Handled, Handler, Host, IpBlock, Outcome};
+//!
+//! struct Blocker;
+//! impl Handler for Blocker {
+//!     fn ip_block(host: &impl Host, _: &Event, block: &IpBlock) -> Handled {
+//!         host.block(&block.ip, &block.reason, block.expires_at)?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let host = RecordingHost::new();
+//! let out = herald_guest::handle::<Blocker>(&host, &[testing::ip_block("203.0.113.7")]);
 //! assert_eq!(out, vec![Outcome::Ok]);
-//! assert_eq!(host.effects(), vec![Effect::Block { network: "203.0.113.7".into(), .. }]);
+//! assert!(matches!(&host.effects()[..], [Effect::Block { network, .. }] if network == "203.0.113.7"));
+//!
+//! // The next `block` fails, the one after succeeds; both are recorded.
+//! let host = RecordingHost::new().fail(Call::Block, EffectError::Transient("disk full".into()));
+//! let events = [testing::ip_block("203.0.113.7"), testing::ip_block("203.0.113.8")];
+//! let out = herald_guest::handle::<Blocker>(&host, &events);
+//! assert_eq!(out, vec![Outcome::Retry("transient: disk full".into()), Outcome::Ok]);
+//! assert_eq!(host.effects().len(), 2);
 //! ```
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::{
-    BlockAction, Body, Certificate, DataTypes, DeliveryError, Event, Host, IpBlock, Level,
-    Position, Push, PushMessage, StateChange, TlsCertificate, Urgency,
+    BlockAction, Body, Certificate, DataTypes, EffectError, Event, Host, IpBlock, Level, Position,
+    Push, PushMessage, StateChange, TlsCertificate, Urgency,
 };
 
 /// One thing a handler asked of the node.
@@ -39,20 +57,44 @@ pub enum Effect {
     },
     InstallCertificate(Certificate),
     Publish {
+        /// The id of the event it was published for.
+        cause: String,
         key: String,
         body: Body,
     },
 }
 
-/// Records every capability call; answers with what it was told to.
+/// A fallible [`Host`] method, to script its answers on a [`RecordingHost`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Call {
+    /// [`Host::deliver_push`].
+    DeliverPush,
+    /// [`Host::block`].
+    Block,
+    /// [`Host::unblock`].
+    Unblock,
+    /// [`Host::install_certificate`].
+    InstallCertificate,
+    /// [`Host::publish`].
+    Publish,
+}
+
+/// Records every capability call and answers with what it was told to:
+/// by default every call succeeds.
+///
+/// Answers are scripted per [`Call`]: each call takes the next scripted
+/// answer for its method, and succeeds once there are none left. A call is
+/// recorded in [`effects`](RecordingHost::effects) whether it succeeds or
+/// not: it is what the handler asked.
 #[derive(Default)]
 pub struct RecordingHost {
     effects: RefCell<Vec<Effect>>,
     settings: HashMap<String, String>,
-    push_results: RefCell<Vec<Result<(), DeliveryError>>>,
+    answers: RefCell<HashMap<Call, VecDeque<Result<(), EffectError>>>>,
 }
 
 impl RecordingHost {
+    /// No settings; every call succeeds.
     pub fn new() -> RecordingHost {
         RecordingHost::default()
     }
@@ -63,10 +105,50 @@ impl RecordingHost {
         self
     }
 
-    /// Answers for the next push deliveries, in order (then `Ok`).
-    pub fn with_push_results(self, results: Vec<Result<(), DeliveryError>>) -> RecordingHost {
-        *self.push_results.borrow_mut() = results;
+    /// Answers for the next calls of `call`, in order, after any already
+    /// scripted (then `Ok`).
+    pub fn with_results(
+        self,
+        call: Call,
+        results: impl IntoIterator<Item = Result<(), EffectError>>,
+    ) -> RecordingHost {
+        self.answers
+            .borrow_mut()
+            .entry(call)
+            .or_default()
+            .extend(results);
         self
+    }
+
+    /// The next call of `call` (after any already scripted) fails with
+    /// `error`.
+    pub fn fail(self, call: Call, error: EffectError) -> RecordingHost {
+        self.with_results(call, [Err(error)])
+    }
+
+    /// The next push delivery fails with `error`.
+    pub fn fail_push(self, error: EffectError) -> RecordingHost {
+        self.fail(Call::DeliverPush, error)
+    }
+
+    /// The next `block` fails with `error`.
+    pub fn fail_block(self, error: EffectError) -> RecordingHost {
+        self.fail(Call::Block, error)
+    }
+
+    /// The next `unblock` fails with `error`.
+    pub fn fail_unblock(self, error: EffectError) -> RecordingHost {
+        self.fail(Call::Unblock, error)
+    }
+
+    /// The next certificate installation fails with `error`.
+    pub fn fail_install(self, error: EffectError) -> RecordingHost {
+        self.fail(Call::InstallCertificate, error)
+    }
+
+    /// The next publication fails with `error`.
+    pub fn fail_publish(self, error: EffectError) -> RecordingHost {
+        self.fail(Call::Publish, error)
     }
 
     /// What was asked, logs left out.
@@ -94,6 +176,16 @@ impl RecordingHost {
     fn record(&self, e: Effect) {
         self.effects.borrow_mut().push(e);
     }
+
+    /// Record `e`, then answer the next scripted result for `call`.
+    fn answer(&self, call: Call, e: Effect) -> Result<(), EffectError> {
+        self.record(e);
+        self.answers
+            .borrow_mut()
+            .get_mut(&call)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Ok(()))
+    }
 }
 
 impl Host for RecordingHost {
@@ -110,41 +202,45 @@ impl Host for RecordingHost {
             types,
         });
     }
-    fn deliver_push(&self, event_id: &str, message: &PushMessage) -> Result<(), DeliveryError> {
-        self.record(Effect::DeliverPush {
+    fn deliver_push(&self, event_id: &str, message: &PushMessage) -> Result<(), EffectError> {
+        let effect = Effect::DeliverPush {
             event_id: event_id.to_string(),
             message: message.clone(),
-        });
-        let mut results = self.push_results.borrow_mut();
-        if results.is_empty() {
-            Ok(())
-        } else {
-            results.remove(0)
-        }
+        };
+        self.answer(Call::DeliverPush, effect)
     }
-    fn block(&self, network: &str, reason: &str, expires_at: Option<u64>) -> Result<(), String> {
-        self.record(Effect::Block {
+    fn block(
+        &self,
+        network: &str,
+        reason: &str,
+        expires_at: Option<u64>,
+    ) -> Result<(), EffectError> {
+        let effect = Effect::Block {
             network: network.to_string(),
             reason: reason.to_string(),
             expires_at,
-        });
-        Ok(())
+        };
+        self.answer(Call::Block, effect)
     }
-    fn unblock(&self, network: &str) -> Result<(), String> {
-        self.record(Effect::Unblock {
+    fn unblock(&self, network: &str) -> Result<(), EffectError> {
+        let effect = Effect::Unblock {
             network: network.to_string(),
-        });
-        Ok(())
+        };
+        self.answer(Call::Unblock, effect)
     }
-    fn install_certificate(&self, certificate: &Certificate) -> Result<(), String> {
-        self.record(Effect::InstallCertificate(certificate.clone()));
-        Ok(())
+    fn install_certificate(&self, certificate: &Certificate) -> Result<(), EffectError> {
+        self.answer(
+            Call::InstallCertificate,
+            Effect::InstallCertificate(certificate.clone()),
+        )
     }
-    fn publish(&self, key: &str, body: &Body) -> Result<String, String> {
-        self.record(Effect::Publish {
+    fn publish(&self, cause: &Event, key: &str, body: &Body) -> Result<String, EffectError> {
+        let effect = Effect::Publish {
+            cause: cause.id.clone(),
             key: key.to_string(),
             body: body.clone(),
-        });
+        };
+        self.answer(Call::Publish, effect)?;
         Ok(format!("published-{}", self.effects.borrow().len()))
     }
 }
@@ -164,6 +260,7 @@ pub fn event(body: Body) -> Event {
     }
 }
 
+/// A `state-change` event.
 pub fn state_change(account_id: u32, change_id: u64, types: DataTypes) -> Event {
     event(Body::StateChange(StateChange {
         account_id,
@@ -172,6 +269,7 @@ pub fn state_change(account_id: u32, change_id: u64, types: DataTypes) -> Event 
     }))
 }
 
+/// An `ip-block` event blocking `ip`, for the reason `"test"`, without expiry.
 pub fn ip_block(ip: &str) -> Event {
     event(Body::IpBlock(IpBlock {
         ip: ip.to_string(),
@@ -181,6 +279,7 @@ pub fn ip_block(ip: &str) -> Event {
     }))
 }
 
+/// An `ip-block` event unblocking `ip`.
 pub fn ip_unblock(ip: &str) -> Event {
     event(Body::IpBlock(IpBlock {
         ip: ip.to_string(),
@@ -190,6 +289,7 @@ pub fn ip_unblock(ip: &str) -> Event {
     }))
 }
 
+/// A `push` event (TTL 60 s, normal urgency).
 pub fn push(account_id: u32, endpoint: &str, payload: &str) -> Event {
     event(Body::Push(Push {
         account_id,
@@ -200,6 +300,7 @@ pub fn push(account_id: u32, endpoint: &str, payload: &str) -> Event {
     }))
 }
 
+/// A `tls-certificate` event; the `not_after` it claims is 0.
 pub fn tls_certificate(domains: &[&str], certificate_pem: &str, private_key_pem: &str) -> Event {
     event(Body::TlsCertificate(TlsCertificate {
         domains: domains.iter().map(|d| d.to_string()).collect(),

@@ -42,21 +42,34 @@ impl herald_guest::Host for NativeHost {
         &self,
         _: &str,
         _: &herald_guest::PushMessage,
-    ) -> Result<(), herald_guest::DeliveryError> {
+    ) -> Result<(), herald_guest::EffectError> {
         Ok(())
     }
-    fn block(&self, network: &str, reason: &str, _: Option<u64>) -> Result<(), String> {
+    fn block(
+        &self,
+        network: &str,
+        reason: &str,
+        _: Option<u64>,
+    ) -> Result<(), herald_guest::EffectError> {
         std::hint::black_box((network, reason));
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-    fn unblock(&self, _: &str) -> Result<(), String> {
+    fn unblock(&self, _: &str) -> Result<(), herald_guest::EffectError> {
         Ok(())
     }
-    fn install_certificate(&self, _: &herald_guest::Certificate) -> Result<(), String> {
+    fn install_certificate(
+        &self,
+        _: &herald_guest::Certificate,
+    ) -> Result<(), herald_guest::EffectError> {
         Ok(())
     }
-    fn publish(&self, _: &str, _: &herald_guest::Body) -> Result<String, String> {
+    fn publish(
+        &self,
+        _: &herald_guest::Event,
+        _: &str,
+        _: &herald_guest::Body,
+    ) -> Result<String, herald_guest::EffectError> {
         Ok(String::new())
     }
 }

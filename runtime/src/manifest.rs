@@ -101,13 +101,20 @@ pub struct Limits {
     pub deadline: Duration,
     /// Cap on the instance's linear memory, in bytes.
     pub memory: u64,
+    /// Events one call may publish (`limits.publishes`, default 16): caps
+    /// the fan-out of a handler that publishes.
+    pub publishes: u32,
 }
+
+/// Default of `limits.publishes`.
+pub const DEFAULT_PUBLISHES: u32 = 16;
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             deadline: DEFAULT_DEADLINE,
             memory: DEFAULT_MEMORY,
+            publishes: DEFAULT_PUBLISHES,
         }
     }
 }
@@ -121,6 +128,9 @@ pub struct Manifest {
     pub mode: Mode,
     /// Granted capabilities, the implicit ones included.
     pub capabilities: BTreeSet<Capability>,
+    /// Event kinds the handler may publish (`publish`), validated against
+    /// [`KINDS`]; anything else is refused at the call.
+    pub publish: BTreeSet<String>,
     pub limits: Limits,
     pub settings: BTreeMap<String, String>,
 }
@@ -137,6 +147,8 @@ struct Raw {
     #[serde(default)]
     capabilities: Vec<Capability>,
     #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
     settings: BTreeMap<String, String>,
@@ -149,6 +161,8 @@ struct RawLimits {
     deadline: Option<String>,
     #[serde(default)]
     memory: Option<String>,
+    #[serde(default)]
+    publishes: Option<u32>,
 }
 
 impl Manifest {
@@ -200,7 +214,31 @@ impl Manifest {
                 );
             }
         }
+        if let Some(n) = raw.limits.publishes {
+            if n > 1000 {
+                bail!("field `limits.publishes`: {n} is more than 1000 events per call");
+            }
+            limits.publishes = n;
+        }
         let mut capabilities: BTreeSet<Capability> = raw.capabilities.into_iter().collect();
+        for kind in &raw.publish {
+            if !KINDS.contains(&kind.as_str()) {
+                bail!(
+                    "field `publish`: unknown event kind `{kind}`, expected one of {}",
+                    KINDS.join(", ")
+                );
+            }
+        }
+        let may_publish = capabilities.contains(&Capability::Publish);
+        if may_publish && raw.publish.is_empty() {
+            bail!(
+                "field `publish`: the `publish` capability is granted, so list the event kinds \
+                 the handler may publish, e.g. publish = [\"ip-block\"]"
+            );
+        }
+        if !may_publish && !raw.publish.is_empty() {
+            bail!("field `publish`: kinds are listed but the `publish` capability is not granted");
+        }
         capabilities.extend(Capability::IMPLICIT);
         Ok(Manifest {
             name: raw.name.unwrap_or_else(|| default_name.to_string()),
@@ -208,6 +246,7 @@ impl Manifest {
             subscribe: raw.subscribe.into_iter().collect(),
             mode: raw.mode,
             capabilities,
+            publish: raw.publish.into_iter().collect(),
             limits,
             settings: raw.settings,
         })

@@ -17,27 +17,31 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{self, ApiState};
+use crate::codec::Decoder;
 use crate::config::Config;
-use crate::dispatch::{Decoding, Dispatcher};
+use crate::dispatch::{self, Dispatcher};
 use crate::effects::Effects;
+use crate::effects::blocklist::Blocklist;
 use crate::effects::node::NodeEffects;
-use crate::event::now_ms;
+use crate::effects::notify::Hub;
+use crate::event::{Event, now_ms};
 use crate::kafka::{self, consumer, producer::Producer};
 use crate::manifest::Mode;
-use crate::registry::Registry;
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::registry::{HandlerStats, Registry};
+use crate::sandbox::{CallError, Loaded, Outcome, Sandbox, SandboxConfig};
 
-/// A node's parts, shared by the consumers, the local API and tests.
+/// A node's parts, wired together. The consumers, the API and the watcher
+/// each get the parts they need, never the node.
 pub struct Node {
-    pub config: Config,
-    pub sandbox: Arc<Sandbox>,
-    pub registry: Arc<Registry>,
-    pub effects: Arc<NodeEffects>,
-    pub producer: Arc<Producer>,
-    pub broadcast: Arc<consumer::Status>,
-    pub shared: Arc<consumer::Status>,
-    /// The Prometheus recorder's handle, when this process installed one.
-    pub metrics: Option<PrometheusHandle>,
+    config: Config,
+    sandbox: Arc<Sandbox>,
+    registry: Arc<Registry>,
+    effects: Arc<NodeEffects>,
+    producer: Arc<Producer>,
+    broadcast: Arc<consumer::Status>,
+    shared: Arc<consumer::Status>,
+    metrics: Option<PrometheusHandle>,
 }
 
 impl Node {
@@ -50,11 +54,7 @@ impl Node {
         })?);
         let registry = Arc::new(Registry::load(sandbox.clone(), &config.handlers)?);
         let producer = Arc::new(Producer::new(&config)?);
-        let effects = Arc::new(NodeEffects::open(
-            &config.node_id,
-            &config.state_dir,
-            producer.clone(),
-        )?);
+        let effects = Arc::new(NodeEffects::open(&config, producer.clone())?);
         Ok(Node {
             config,
             sandbox,
@@ -71,6 +71,33 @@ impl Node {
     pub fn with_metrics(mut self, handle: PrometheusHandle) -> Node {
         self.metrics = Some(handle);
         self
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The loaded handlers.
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// IDLE and certificate notices, as the API's stream serves them.
+    pub fn notices(&self) -> &Arc<Hub> {
+        &self.effects.notices
+    }
+
+    pub fn blocklist(&self) -> &Arc<Blocklist> {
+        &self.effects.blocklist
+    }
+
+    pub(crate) fn producer(&self) -> &Arc<Producer> {
+        &self.producer
+    }
+
+    /// Partitions the group of `mode` holds now (0 when it is not running).
+    pub fn assigned_partitions(&self, mode: Mode) -> usize {
+        self.status(mode).assigned.load(Ordering::Relaxed)
     }
 
     /// The topics a mode's group reads.
@@ -90,14 +117,39 @@ impl Node {
             )
         });
         Arc::new(Dispatcher {
-            sandbox: self.sandbox.clone(),
+            handlers: Arc::new(Sandboxed {
+                sandbox: self.sandbox.clone(),
+                registry: self.registry.clone(),
+                effects: self.effects.clone(),
+                mode,
+            }),
             effects: self.effects.clone(),
-            registry: self.registry.clone(),
-            mode,
-            retry: self.config.retry.clone(),
+            retry: self.config.retry,
             dead_letters: self.producer.clone(),
-            decoding: Decoding { stalwart },
+            max_hops: self.config.publish_max_hops,
+            decoder: Decoder {
+                stalwart,
+                max_stalwart_events: self.config.stalwart.max_events_per_record,
+            },
         })
+    }
+
+    /// The parts the local API serves.
+    fn api_state(&self) -> ApiState {
+        ApiState {
+            node_id: self.config.node_id.clone(),
+            events_topic: self.config.topics.events.clone(),
+            registry: self.registry.clone(),
+            blocklist: self.effects.blocklist.clone(),
+            certificates: self.effects.certificates.clone(),
+            notices: self.effects.notices.clone(),
+            producer: self.producer.clone(),
+            groups: [
+                ("broadcast", self.broadcast.clone()),
+                ("shared", self.shared.clone()),
+            ],
+            metrics: self.metrics.clone(),
+        }
     }
 
     fn status(&self, mode: Mode) -> &Arc<consumer::Status> {
@@ -128,7 +180,7 @@ impl Node {
         );
         kafka::create_topics(&self.config, &topics).await?;
         let session_timeout = kafka::session_timeout(&self.config).await;
-        on_api(crate::api::serve(self.clone(), shutdown.clone()).await?);
+        on_api(api::serve(self.api_state(), &self.config, shutdown.clone()).await?);
 
         let mut tasks = JoinSet::new();
         tasks.spawn(self.clone().supervise(session_timeout, shutdown.clone()));
@@ -227,12 +279,67 @@ impl Node {
                 tracing::error!(error = %format!("{e:#}"), "cannot write the blocklist");
             }
             metrics::gauge!("herald_blocklist_entries").set(self.effects.blocklist.len() as f64);
+            self.effects.notices.prune();
             metrics::gauge!("herald_idle_accounts").set(self.effects.notices.accounts() as f64);
             for (mode, s) in [("broadcast", &self.broadcast), ("shared", &self.shared)] {
                 metrics::gauge!("herald_assigned_partitions", "mode" => mode)
                     .set(s.assigned.load(Ordering::Relaxed) as f64);
             }
         }
+    }
+}
+
+/// A mode's handlers as dispatch calls them: the registry's current set,
+/// each call a fresh sandboxed instance applying effects to this node.
+struct Sandboxed {
+    sandbox: Arc<Sandbox>,
+    registry: Arc<Registry>,
+    effects: Arc<NodeEffects>,
+    mode: Mode,
+}
+
+struct SandboxedHandler {
+    sandbox: Arc<Sandbox>,
+    effects: Arc<dyn Effects>,
+    loaded: Arc<Loaded>,
+    stats: Arc<HandlerStats>,
+}
+
+impl dispatch::Handlers for Sandboxed {
+    fn current(&self) -> Vec<Arc<dyn dispatch::Handler>> {
+        self.registry
+            .snapshot(self.mode)
+            .iter()
+            .map(|loaded| {
+                Arc::new(SandboxedHandler {
+                    sandbox: self.sandbox.clone(),
+                    effects: self.effects.clone(),
+                    stats: self.registry.stats(&loaded.manifest.name),
+                    loaded: loaded.clone(),
+                }) as Arc<dyn dispatch::Handler>
+            })
+            .collect()
+    }
+}
+
+impl dispatch::Handler for SandboxedHandler {
+    fn name(&self) -> &str {
+        &self.loaded.manifest.name
+    }
+    fn subscribes_to(&self, kind: &str) -> bool {
+        self.loaded.manifest.subscribes_to(kind)
+    }
+    fn stats(&self) -> &HandlerStats {
+        &self.stats
+    }
+    fn call<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Outcome>, CallError>> + Send + 'a>> {
+        Box::pin(
+            self.sandbox
+                .call(&self.loaded, events, self.effects.clone()),
+        )
     }
 }
 

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::config::Config;
+use herald::effects::notify::Notice;
+use herald::manifest::Mode;
 use herald::node::Node;
 use herald_tests::cluster::{Install, TestCluster, ip_block, unique};
 use rdkafka::ClientConfig;
@@ -65,7 +67,7 @@ async fn herald_node(c: &TestCluster, round: usize) -> Duration {
     let node = Arc::new(Node::open(node_config(c, &format!("bench-{round}"))).unwrap());
     let stop = CancellationToken::new();
     let running = tokio::spawn(node.clone().run(stop.clone()));
-    let blocklist = node.effects.blocklist.clone();
+    let blocklist = node.blocklist().clone();
     // Start the clock when the first event is applied, like the plain
     // consumer's at its first message.
     while blocklist.is_empty() {
@@ -85,11 +87,7 @@ async fn throughput() {
     let c = TestCluster::new(
         "bench-throughput",
         PARTITIONS,
-        &[Install {
-            wasm: "blocking",
-            name: "blocking",
-            manifest: "subscribe = [\"ip-block\"]\nmode = \"broadcast\"\ncapabilities = [\"blocklist\"]",
-        }],
+        &[Install::builtin("blocking")],
     )
     .await;
     let events: Vec<_> = (0..EVENTS)
@@ -143,26 +141,12 @@ async fn throughput() {
 async fn latency() {
     const RATE: u64 = 200;
     const SECONDS: u64 = 10;
-    let c = TestCluster::new(
-        "bench-latency",
-        PARTITIONS,
-        &[Install {
-            wasm: "mailbox",
-            name: "mailbox",
-            manifest: "subscribe = [\"state-change\"]\nmode = \"broadcast\"\ncapabilities = [\"idle\"]",
-        }],
-    )
-    .await;
+    let c = TestCluster::new("bench-latency", PARTITIONS, &[Install::builtin("mailbox")]).await;
     let node = Arc::new(Node::open(node_config(&c, "latency")).unwrap());
-    let mut idle = node.effects.idle.subscribe();
+    let mut idle = node.notices().subscribe(None);
     let stop = CancellationToken::new();
     let running = tokio::spawn(node.clone().run(stop.clone()));
-    while node
-        .broadcast
-        .assigned
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
+    while node.assigned_partitions(Mode::Broadcast) == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let epoch = Instant::now();
@@ -220,8 +204,10 @@ async fn latency() {
     });
     let mut latencies = Vec::with_capacity(total as usize);
     while latencies.len() < total as usize {
-        let n = idle.recv().await.expect("idle stream");
-        latencies.push(epoch.elapsed().as_micros() as u64 - n.change_id);
+        let Notice::StateChange { change_id, .. } = idle.recv().await.expect("idle stream") else {
+            continue;
+        };
+        latencies.push(epoch.elapsed().as_micros() as u64 - change_id);
     }
     publisher.await.unwrap();
     stop.cancel();

@@ -40,11 +40,58 @@ pub fn unique(name: &str) -> String {
 }
 
 /// A handler to install: the built component `wasm` (e.g. "blocking" or
-/// "fixtures/flaky") under `name`, with `manifest` as its manifest.
+/// "fixtures/flaky") under `name`. Its manifest is the one it ships with
+/// (`handlers/<name>/<name>.toml`), in another delivery `mode` if one is
+/// given, unless `manifest` replaces it whole.
+#[derive(Clone, Copy, Debug)]
 pub struct Install<'a> {
     pub wasm: &'a str,
     pub name: &'a str,
-    pub manifest: &'a str,
+    pub mode: Option<&'a str>,
+    pub manifest: Option<&'a str>,
+}
+
+impl<'a> Install<'a> {
+    /// A built handler or fixture with its shipped manifest, named after
+    /// its file (`fixtures/flaky` installs as `flaky`).
+    pub fn builtin(wasm: &'a str) -> Install<'a> {
+        Install {
+            wasm,
+            name: wasm.rsplit('/').next().unwrap_or(wasm),
+            mode: None,
+            manifest: None,
+        }
+    }
+
+    /// The shipped manifest, in delivery mode `mode` ("shared", "broadcast").
+    pub fn in_mode(mut self, mode: &'a str) -> Install<'a> {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// The manifest text to write beside the component.
+    fn manifest_text(&self) -> String {
+        if let Some(text) = self.manifest {
+            return text.to_string();
+        }
+        let shipped = handler(self.wasm).with_extension("toml");
+        let text = std::fs::read_to_string(&shipped)
+            .unwrap_or_else(|e| panic!("{}: {e} (run `just build`)", shipped.display()));
+        match self.mode {
+            None => text,
+            Some(mode) => text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("mode =") {
+                        format!("mode = \"{mode}\"")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
 }
 
 pub struct TestCluster {
@@ -75,7 +122,7 @@ impl TestCluster {
         std::fs::create_dir_all(&folder).unwrap();
         for h in handlers {
             std::fs::copy(handler(h.wasm), folder.join(format!("{}.wasm", h.name))).unwrap();
-            std::fs::write(folder.join(format!("{}.toml", h.name)), h.manifest).unwrap();
+            std::fs::write(folder.join(format!("{}.toml", h.name)), h.manifest_text()).unwrap();
         }
         create_topics(
             &broker,
@@ -97,6 +144,80 @@ impl TestCluster {
             producer,
             settings: json!({}),
         }
+    }
+
+    /// The consumer group of `node`'s broadcast handlers (herald's default
+    /// naming: `<groupId>.herald.<nodeId>`).
+    pub fn broadcast_group(&self, node: &str) -> String {
+        format!("{}.herald.{node}", self.group)
+    }
+
+    /// The consumer group herald's nodes share for shared handlers.
+    pub fn shared_group(&self) -> String {
+        format!("{}.herald", self.group)
+    }
+
+    /// The offset `group` committed on partition `partition` of `topic`.
+    pub fn committed_on(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.broker)
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        let got = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        match got.elements()[0].offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The offset `group` committed on partition `partition` of the
+    /// cluster's events topic.
+    pub fn committed(&self, group: &str, partition: i32) -> Option<i64> {
+        self.committed_on(group, &self.topic, partition)
+    }
+
+    /// Read `n` dead letters of `topic`'s dead-letter topic (from its
+    /// start), in the order they came, waiting up to a minute for them.
+    pub async fn dead_letters_of(&self, topic: &str, n: usize) -> Vec<Letter> {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::message::{Headers, Message};
+        let dlq: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.broker)
+            .set("group.id", unique("dlq-reader"))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        dlq.subscribe(&[&format!("{topic}.dlq")]).unwrap();
+        let mut letters = Vec::new();
+        while letters.len() < n {
+            let m = tokio::time::timeout(Duration::from_secs(60), dlq.recv())
+                .await
+                .expect("dead letter")
+                .unwrap();
+            let mut headers = std::collections::BTreeMap::new();
+            for header in m.headers().map(|h| h.iter().collect()).unwrap_or(vec![]) {
+                headers.insert(
+                    header.key.to_string(),
+                    String::from_utf8_lossy(header.value.unwrap_or_default()).to_string(),
+                );
+            }
+            letters.push(Letter {
+                headers,
+                payload: m.payload().unwrap_or_default().to_vec(),
+            });
+        }
+        letters
+    }
+
+    /// [`TestCluster::dead_letters_of`] the events topic.
+    pub async fn dead_letters(&self, n: usize) -> Vec<Letter> {
+        self.dead_letters_of(&self.topic, n).await
     }
 
     /// Write node `node`'s config and return its path.
@@ -126,6 +247,16 @@ impl TestCluster {
     /// Start `herald run` for `node`.
     pub fn start(&self, node: &str) -> NodeProcess {
         NodeProcess::spawn(node, &self.config(node), &self.dir.path().join(node))
+    }
+
+    /// Publish raw bytes to `topic`, unkeyed (junk, Stalwart batches).
+    pub async fn publish_bytes(&self, topic: &str, value: &[u8]) {
+        let record = FutureRecord::<(), [u8]>::to(topic).payload(value);
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("publish");
     }
 
     /// Publish many events at once (keyed), waiting for all acknowledgements.
@@ -186,10 +317,20 @@ pub async fn create_topics(broker: &str, topics: &[String], partitions: i32) {
     }
 }
 
-/// An ip-block event in the public JSON form.
-pub fn ip_block(id: &str, ip: &str, action: &str, reason: &str) -> Value {
-    json!({"v":1,"id":id,"kind":"ip-block","origin":"test","ts":1795690000000u64,
-        "body":{"ip":ip,"action":action,"reason":reason}})
+pub use super::ip_block;
+
+/// A record of a dead-letter topic.
+#[derive(Debug)]
+pub struct Letter {
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+impl Letter {
+    /// A header's value, or "" when it is absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
 }
 
 /// A running `herald run`. Its stderr (the log) is kept in a file and
@@ -269,10 +410,24 @@ impl NodeProcess {
         self.api.clone().expect("api listening addr=...")
     }
 
+    /// Wait until the node has partitions of every group in `groups`
+    /// assigned, in whatever order the assignments come.
+    pub fn wait_assigned_all(&mut self, groups: &[String]) {
+        let mut left: Vec<String> = groups
+            .iter()
+            .map(|g| format!("partitions assigned group={g} "))
+            .collect();
+        while !left.is_empty() {
+            let pattern = "partitions assigned group=";
+            let line = self.wait_for_log(pattern, Duration::from_secs(60));
+            left.retain(|p| !line.contains(p.as_str()));
+        }
+    }
+
     /// Wait until the node has partitions of `group` assigned.
     pub fn wait_assigned(&mut self, group: &str) {
         self.wait_for_log(
-            &format!("partitions assigned group={group}"),
+            &format!("partitions assigned group={group} "),
             Duration::from_secs(60),
         );
     }
@@ -280,6 +435,22 @@ impl NodeProcess {
     /// The node's blocklist file, as a set of networks.
     pub fn blocklist(&self) -> BTreeSet<String> {
         read_blocklist(&self.state)
+    }
+
+    /// The process's peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the node is running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
+    /// The node's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGKILL: no chance to finish or commit anything.

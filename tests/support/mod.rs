@@ -59,10 +59,11 @@ pub fn write_events(dir: &Path, name: &str, lines: &[serde_json::Value]) -> Path
     path
 }
 
-/// An ip-block event in the public JSON form.
-pub fn ip_block_json(id: &str, ip: &str) -> serde_json::Value {
+/// An ip-block event in the public JSON form: the one builder every test
+/// uses (`action` is "block" or "unblock").
+pub fn ip_block(id: &str, ip: &str, action: &str, reason: &str) -> serde_json::Value {
     serde_json::json!({"v":1,"id":id,"kind":"ip-block","origin":"test","ts":1795690000000u64,
-        "body":{"ip":ip,"action":"block","reason":"test","expiresAt":null}})
+        "body":{"ip":ip,"action":action,"reason":reason}})
 }
 
 pub mod cluster;

@@ -4,44 +4,40 @@
 //! checked before anything is blocked: it must parse as an IP or CIDR
 //! network, and a block may not cover loopback or the manifest's
 //! `allowlist` setting (a node must never lock out itself or its peers).
+//!
+//! The node's own errors go by class: a transient one (store error) retries
+//! the event, an invalid or denied one rejects it.
 
 use herald_guest::net::{Allowlist, canonical, parse_network, touches_loopback};
-use herald_guest::{BlockAction, Event, Handler, Host, IpBlock, Outcome, reject, retry};
+use herald_guest::{BlockAction, Event, Fail, Handled, Handler, Host, IpBlock, OrFail, reject};
 
 pub struct Blocking;
 
 impl Handler for Blocking {
-    fn ip_block(host: &impl Host, _: &Event, block: &IpBlock) -> Outcome {
-        let net = match parse_network(&block.ip) {
-            Ok(net) => net,
-            Err(e) => return reject(e),
-        };
+    fn ip_block(host: &impl Host, _: &Event, block: &IpBlock) -> Handled {
+        let net = parse_network(&block.ip).or_reject()?;
         let network = canonical(&net);
         if block.action == BlockAction::Unblock {
-            return match host.unblock(&network) {
-                Ok(()) => Outcome::Ok,
-                Err(e) => retry(e),
-            };
+            host.unblock(&network)?;
+            return Ok(());
         }
         if touches_loopback(&net) {
             return reject(format!("refusing to block {network}: it covers loopback"));
         }
-        let allowlist = match host.setting("allowlist").as_deref().map(Allowlist::parse) {
+        // The deployer's setting is broken: hold the event until the
+        // manifest is fixed rather than block blind.
+        let allowlist = match host.setting("allowlist") {
+            Some(setting) => Allowlist::parse(&setting)
+                .map_err(|e| Fail::Retry(format!("manifest setting {e}")))?,
             None => Allowlist::default(),
-            Some(Ok(a)) => a,
-            // The deployer's setting is broken: hold the event until the
-            // manifest is fixed rather than block blind.
-            Some(Err(e)) => return retry(format!("manifest setting {e}")),
         };
         if let Some(allowed) = allowlist.protects(&net) {
             return reject(format!(
                 "refusing to block {network}: allowlisted by {allowed}"
             ));
         }
-        match host.block(&network, &block.reason, block.expires_at) {
-            Ok(()) => Outcome::Ok,
-            Err(e) => retry(e),
-        }
+        host.block(&network, &block.reason, block.expires_at)?;
+        Ok(())
     }
 }
 
@@ -51,6 +47,7 @@ herald_guest::export!(Blocking);
 mod tests {
     use super::*;
     use herald_guest::testing::{self, Effect, RecordingHost};
+    use herald_guest::{EffectError, Outcome};
 
     fn run(host: &RecordingHost, ev: herald_guest::Event) -> Outcome {
         herald_guest::handle::<Blocking>(host, &[ev]).remove(0)
@@ -123,5 +120,26 @@ mod tests {
             Outcome::Retry(_)
         ));
         assert!(host.effects().is_empty());
+    }
+
+    #[test]
+    fn node_errors_go_by_class() {
+        let host = RecordingHost::new()
+            .fail_block(EffectError::Transient("disk full".into()))
+            .fail_unblock(EffectError::Transient("disk full".into()));
+        let retry = Outcome::Retry("transient: disk full".into());
+        assert_eq!(run(&host, testing::ip_block("203.0.113.7")), retry);
+        assert_eq!(run(&host, testing::ip_unblock("203.0.113.7")), retry);
+        let host = RecordingHost::new()
+            .fail_block(EffectError::Invalid("bad".into()))
+            .fail_unblock(EffectError::Denied("protected".into()));
+        assert_eq!(
+            run(&host, testing::ip_block("203.0.113.7")),
+            Outcome::Reject("invalid: bad".into())
+        );
+        assert_eq!(
+            run(&host, testing::ip_unblock("203.0.113.7")),
+            Outcome::Reject("denied: protected".into())
+        );
     }
 }

@@ -3,42 +3,39 @@
 //!
 //! Nothing is taken on the publisher's word: the chain must parse, the
 //! private key must belong to the leaf, the leaf must be valid now and name
-//! every domain it is published for (see [`check`]); the expiry installed is
+//! every domain it is published for (see `herald_guest::x509::check`, the
+//! same check the node's certificate store runs); the expiry installed is
 //! the leaf's own notAfter, not the one the event claims.
-
-pub mod check;
+//!
+//! The node's store failing now (transient) retries the event; a
+//! certificate the node itself finds invalid is rejected.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use herald_guest::{Certificate, Event, Handler, Host, Outcome, TlsCertificate, reject, retry};
+use herald_guest::{Certificate, Event, Handled, Handler, Host, OrFail, TlsCertificate, x509};
 
 pub struct Certificates;
 
 impl Handler for Certificates {
-    fn tls_certificate(host: &impl Host, _: &Event, cert: &TlsCertificate) -> Outcome {
+    fn tls_certificate(host: &impl Host, _: &Event, cert: &TlsCertificate) -> Handled {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let checked = check::check(
+        let not_after = x509::check(
             &cert.domains,
             &cert.certificate_pem,
             &cert.private_key_pem,
             now,
-        );
-        let not_after = match checked {
-            Ok(not_after) => not_after,
-            Err(e) => return reject(e),
-        };
+        )
+        .or_reject()?;
         let certificate = Certificate {
             domains: cert.domains.clone(),
             chain_pem: cert.certificate_pem.clone(),
             private_key_pem: cert.private_key_pem.clone(),
             not_after,
         };
-        match host.install_certificate(&certificate) {
-            Ok(()) => Outcome::Ok,
-            Err(e) => retry(e),
-        }
+        host.install_certificate(&certificate)?;
+        Ok(())
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::*;
 use herald_guest::testing::{self, Effect, RecordingHost};
+use herald_guest::{EffectError, Outcome};
 
 macro_rules! fixture {
     ($name:literal) => {
@@ -212,7 +213,7 @@ fn domains_must_be_given() {
 
 #[test]
 fn wildcards_cover_exactly_one_label() {
-    use check::covers;
+    use herald_guest::x509::covers;
     assert!(covers("*.example.com", "mail.example.com"));
     assert!(covers("*.EXAMPLE.com", "Mail.example.com."));
     assert!(covers("*.example.com", "*.example.com"));
@@ -224,38 +225,19 @@ fn wildcards_cover_exactly_one_label() {
     assert!(!covers("m*.example.com", "mail.example.com"));
 }
 
-/// The node's store failing is transient: the event is retried.
+/// The node's store failing now is transient: the event is retried; a
+/// certificate the node itself finds invalid is rejected.
 #[test]
-fn a_store_failure_is_retried() {
-    struct Full;
-    impl Host for Full {
-        fn log(&self, _: herald_guest::Level, _: &str) {}
-        fn setting(&self, _: &str) -> Option<String> {
-            None
-        }
-        fn notify_idle(&self, _: u32, _: u64, _: herald_guest::DataTypes) {}
-        fn deliver_push(
-            &self,
-            _: &str,
-            _: &herald_guest::PushMessage,
-        ) -> Result<(), herald_guest::DeliveryError> {
-            unreachable!()
-        }
-        fn block(&self, _: &str, _: &str, _: Option<u64>) -> Result<(), String> {
-            unreachable!()
-        }
-        fn unblock(&self, _: &str) -> Result<(), String> {
-            unreachable!()
-        }
-        fn install_certificate(&self, _: &Certificate) -> Result<(), String> {
-            Err("disk full".into())
-        }
-        fn publish(&self, _: &str, _: &herald_guest::Body) -> Result<String, String> {
-            unreachable!()
-        }
-    }
+fn node_errors_go_by_class() {
+    let host = RecordingHost::new().fail_install(EffectError::Transient("disk full".into()));
     assert_eq!(
-        run(&Full, &["mail.example.com"], EC_CRT, EC_KEY),
-        Outcome::Retry("disk full".into())
+        run(&host, &["mail.example.com"], EC_CRT, EC_KEY),
+        Outcome::Retry("transient: disk full".into())
+    );
+    assert_eq!(host.effects().len(), 1);
+    let host = RecordingHost::new().fail_install(EffectError::Invalid("bad domain".into()));
+    assert_eq!(
+        run(&host, &["mail.example.com"], EC_CRT, EC_KEY),
+        Outcome::Reject("invalid: bad domain".into())
     );
 }

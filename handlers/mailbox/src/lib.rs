@@ -1,7 +1,7 @@
 //! mailbox: wakes the IMAP IDLE and JMAP EventSource sessions of an account
 //! when a state change touches mail (Email, EmailDelivery or Mailbox).
 
-use herald_guest::{DataTypes, Event, Handler, Host, Outcome, StateChange};
+use herald_guest::{DataTypes, Event, Handled, Handler, Host, StateChange};
 
 pub struct Mailbox;
 
@@ -12,11 +12,11 @@ const WAKES_IDLE: DataTypes = DataTypes::EMAIL
     .union(DataTypes::MAILBOX);
 
 impl Handler for Mailbox {
-    fn state_change(host: &impl Host, _: &Event, change: &StateChange) -> Outcome {
+    fn state_change(host: &impl Host, _: &Event, change: &StateChange) -> Handled {
         if change.types.intersects(WAKES_IDLE) {
             host.notify_idle(change.account_id, change.change_id, change.types);
         }
-        Outcome::Ok
+        Ok(())
     }
 }
 
@@ -25,6 +25,7 @@ herald_guest::export!(Mailbox);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_guest::Outcome;
     use herald_guest::testing::{self, Effect, RecordingHost};
 
     #[test]

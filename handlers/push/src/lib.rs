@@ -5,13 +5,13 @@
 //! node has already published that the subscription is gone.
 
 use herald_guest::{
-    DeliveryError, Event, Handler, Host, Level, Outcome, Push, PushMessage, reject, retry,
+    EffectError, Event, Handled, Handler, Host, Level, Push, PushMessage, reject, retry,
 };
 
 pub struct WebPush;
 
 impl Handler for WebPush {
-    fn push(host: &impl Host, event: &Event, push: &Push) -> Outcome {
+    fn push(host: &impl Host, event: &Event, push: &Push) -> Handled {
         let message = PushMessage {
             account_id: push.account_id,
             endpoint: push.endpoint.clone(),
@@ -19,15 +19,17 @@ impl Handler for WebPush {
             ttl: push.ttl,
             urgency: push.urgency,
         };
+        // By class, but not through `?`: gone is the normal end of a
+        // subscription, and the reasons stay the push service's own words.
         match host.deliver_push(&event.id, &message) {
-            Ok(()) => Outcome::Ok,
-            Err(DeliveryError::Transient(why)) => retry(why),
-            Err(DeliveryError::Gone(why)) => {
+            Ok(()) => Ok(()),
+            Err(EffectError::Transient(why)) => retry(why),
+            Err(EffectError::Gone(why)) => {
                 let msg = format!("account {}: subscription gone: {why}", push.account_id);
                 host.log(Level::Info, &msg);
-                Outcome::Ok
+                Ok(())
             }
-            Err(DeliveryError::Invalid(why)) => reject(why),
+            Err(EffectError::Invalid(why) | EffectError::Denied(why)) => reject(why),
         }
     }
 }
@@ -37,6 +39,7 @@ herald_guest::export!(WebPush);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_guest::Outcome;
     use herald_guest::testing::{self, Effect, RecordingHost};
 
     fn run(host: &RecordingHost) -> Outcome {
@@ -60,19 +63,18 @@ mod tests {
 
     #[test]
     fn transient_failure_retries() {
-        let host = RecordingHost::new()
-            .with_push_results(vec![Err(DeliveryError::Transient("503".into()))]);
+        let host = RecordingHost::new().fail_push(EffectError::Transient("503".into()));
         assert_eq!(run(&host), Outcome::Retry("503".into()));
     }
 
     #[test]
-    fn gone_is_done_and_invalid_is_rejected() {
-        let host =
-            RecordingHost::new().with_push_results(vec![Err(DeliveryError::Gone("410".into()))]);
+    fn gone_is_done_and_invalid_or_denied_is_rejected() {
+        let host = RecordingHost::new().fail_push(EffectError::Gone("410".into()));
         assert_eq!(run(&host), Outcome::Ok);
         assert_eq!(host.logs().len(), 1);
-        let host =
-            RecordingHost::new().with_push_results(vec![Err(DeliveryError::Invalid("400".into()))]);
+        let host = RecordingHost::new().fail_push(EffectError::Invalid("400".into()));
         assert_eq!(run(&host), Outcome::Reject("400".into()));
+        let host = RecordingHost::new().fail_push(EffectError::Denied("policy".into()));
+        assert_eq!(run(&host), Outcome::Reject("policy".into()));
     }
 }

@@ -20,7 +20,7 @@
 mod stream;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -31,31 +31,61 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
+use crate::effects::blocklist::Blocklist;
+use crate::effects::certs::CertStore;
+use crate::effects::notify::Hub;
 use crate::event::{Event, now_ms};
-use crate::node::Node;
+use crate::kafka::consumer;
+use crate::kafka::producer::{Producer, StalwartError};
+use crate::registry::Registry;
+
+/// What the API serves, and nothing more: the node hands it these parts
+/// when it starts, and the API never sees the node itself.
+pub struct ApiState {
+    pub node_id: String,
+    pub events_topic: String,
+    pub registry: Arc<Registry>,
+    pub blocklist: Arc<Blocklist>,
+    pub certificates: Arc<CertStore>,
+    pub notices: Arc<Hub>,
+    pub producer: Arc<Producer>,
+    /// Each delivery mode's group consumer, for readiness.
+    pub groups: [(&'static str, Arc<consumer::Status>); 2],
+    /// The Prometheus recorder's handle, when this process installed one.
+    pub metrics: Option<PrometheusHandle>,
+}
 
 #[derive(Clone)]
 struct Api {
-    node: Arc<Node>,
+    state: Arc<ApiState>,
     token: Arc<str>,
+}
+
+impl std::ops::Deref for Api {
+    type Target = ApiState;
+    fn deref(&self) -> &ApiState {
+        &self.state
+    }
 }
 
 /// The bearer token: `api.token`, else the file `api.tokenFile` names, else
 /// one generated at first start and kept in `<stateDir>/api.token` (0600),
 /// where the mail server can read it.
-pub fn token(node: &Node) -> anyhow::Result<String> {
-    if let Some(t) = existing_token(&node.config)? {
+pub fn token(config: &Config) -> anyhow::Result<String> {
+    if let Some(t) = existing_token(config)? {
         return Ok(t);
     }
-    let path = node.config.state_dir.join("api.token");
+    let path = config.state_dir.join("api.token");
     let mut bytes = [0u8; 32];
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     let t = hex::encode(bytes);
-    write_secret(&path, &t)?;
+    crate::durable::replace_secret(&path, t.as_bytes())?;
     tracing::info!(path = %path.display(), "generated an API token");
     Ok(t)
 }
@@ -80,23 +110,6 @@ pub fn existing_token(config: &crate::config::Config) -> anyhow::Result<Option<S
         .filter(|t| !t.is_empty()))
 }
 
-fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
 fn router(api: Api) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
@@ -118,15 +131,20 @@ fn router(api: Api) -> Router {
 
 /// Serve until `stop`. Returns the TCP address actually bound (the config
 /// may ask for port 0).
-pub async fn serve(node: Arc<Node>, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
-    let token: Arc<str> = token(&node)?.into();
+pub async fn serve(
+    state: ApiState,
+    config: &Config,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let token: Arc<str> = token(config)?.into();
     let app = router(Api {
-        node: node.clone(),
+        state: Arc::new(state),
         token,
     });
-    let listener = tokio::net::TcpListener::bind(node.config.api.listen)
+    let listen = config.api.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("api.listen: cannot listen on {}", node.config.api.listen))?;
+        .with_context(|| format!("api.listen: cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "api listening");
     let (app_tcp, stop_tcp) = (app.clone(), stop.clone());
@@ -138,7 +156,7 @@ pub async fn serve(node: Arc<Node>, stop: CancellationToken) -> anyhow::Result<S
             tracing::error!(error = %e, "api stopped");
         }
     });
-    if let Some(path) = node.config.api.unix_socket.clone() {
+    if let Some(path) = config.api.unix_socket.clone() {
         let listener = bind_unix(&path)?;
         tracing::info!(path = %path.display(), "api listening");
         tokio::spawn(async move {
@@ -193,10 +211,10 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn ready(State(api): State<Api>) -> Response {
-    let n = &api.node;
-    let handlers = n.registry.all().len();
-    let groups: Vec<_> = [("broadcast", &n.broadcast), ("shared", &n.shared)]
-        .into_iter()
+    let handlers = api.registry.all().len();
+    let groups: Vec<_> = api
+        .groups
+        .iter()
         .filter(|(_, s)| s.running.load(Ordering::Relaxed))
         .map(|(mode, s)| {
             json!({"mode": mode, "joined": s.joined.load(Ordering::Relaxed),
@@ -218,7 +236,7 @@ async fn ready(State(api): State<Api>) -> Response {
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
-    match &api.node.metrics {
+    match &api.metrics {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             handle.render(),
@@ -232,15 +250,15 @@ async fn metrics(State(api): State<Api>) -> Response {
 }
 
 async fn publish(State(api): State<Api>, body: String) -> Response {
-    let event = match Event::from_submitted(&body, &api.node.config.node_id) {
+    let event = match Event::from_submitted(&body, &api.node_id) {
         Ok(e) => e,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match api.node.producer.publish(&event).await {
+    match api.producer.publish(&event).await {
         Ok(d) => (
             StatusCode::ACCEPTED,
             Json(json!({"id": event.id, "kind": event.body.kind(),
-                "topic": api.node.config.topics.events,
+                "topic": api.events_topic,
                 "partition": d.partition, "offset": d.offset})),
         )
             .into_response(),
@@ -249,7 +267,7 @@ async fn publish(State(api): State<Api>, body: String) -> Response {
 }
 
 async fn blocklist(State(api): State<Api>) -> Response {
-    Json(json!({"entries": api.node.effects.blocklist.list(now_ms())})).into_response()
+    Json(json!({"entries": api.blocklist.list(now_ms())})).into_response()
 }
 
 async fn blocklist_check(State(api): State<Api>, UrlPath(ip): UrlPath<String>) -> Response {
@@ -259,12 +277,12 @@ async fn blocklist_check(State(api): State<Api>, UrlPath(ip): UrlPath<String>) -
             format!("`{ip}` is not an IP address"),
         );
     };
-    let entry = api.node.effects.blocklist.check(addr, now_ms());
+    let entry = api.blocklist.check(addr, now_ms());
     Json(json!({"ip": ip, "blocked": entry.is_some(), "entry": entry})).into_response()
 }
 
 async fn certificate(State(api): State<Api>, UrlPath(domain): UrlPath<String>) -> Response {
-    match api.node.effects.certificates.get(&domain) {
+    match api.certificates.get(&domain) {
         Some(c) => Json(c).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
@@ -275,7 +293,6 @@ async fn certificate(State(api): State<Api>, UrlPath(domain): UrlPath<String>) -
 
 async fn handlers(State(api): State<Api>) -> Response {
     let list: Vec<_> = api
-        .node
         .registry
         .all()
         .iter()
@@ -285,7 +302,7 @@ async fn handlers(State(api): State<Api>) -> Response {
                 "name": m.name, "version": m.version, "sha256": h.digest,
                 "mode": m.mode, "subscribe": m.subscribe, "capabilities": m.capabilities,
                 "limits": {"deadlineMs": m.limits.deadline.as_millis() as u64, "memoryBytes": m.limits.memory},
-                "counters": api.node.registry.stats(&m.name).snapshot(),
+                "counters": api.registry.stats(&m.name).snapshot(),
             })
         })
         .collect();
@@ -293,7 +310,7 @@ async fn handlers(State(api): State<Api>) -> Response {
 }
 
 async fn reload(State(api): State<Api>) -> Response {
-    let registry = api.node.registry.clone();
+    let registry = api.registry.clone();
     match tokio::task::spawn_blocking(move || registry.reload()).await {
         Ok(Ok(report)) => {
             let status = if report.failed.is_empty() {
@@ -315,21 +332,13 @@ struct StalwartEvent {
     body: serde_json::Value,
 }
 
-/// Publish events to Stalwart's `stwt.agora` as this node's Stalwart node
-/// id: batches of at most 100 events per record, without a key, as Stalwart
-/// itself does. The body is a JSON array of `{"kind", "body"}`.
+/// Publish events on Stalwart's topic as this node's Stalwart node id (the
+/// producer batches them as Stalwart does). The body is a JSON array of
+/// `{"kind", "body"}`.
 async fn stalwart_publish(
     State(api): State<Api>,
     Json(events): Json<Vec<StalwartEvent>>,
 ) -> Response {
-    use crate::codec::stalwart;
-    let cfg = &api.node.config.stalwart;
-    let Some(node_id) = cfg.node_id.filter(|_| cfg.enabled) else {
-        return error(
-            StatusCode::CONFLICT,
-            "stalwart is not enabled in this node's config",
-        );
-    };
     let mut bodies = Vec::with_capacity(events.len());
     for (i, e) in events.into_iter().enumerate() {
         match crate::event::Body::from_json(&e.kind, e.body) {
@@ -337,21 +346,16 @@ async fn stalwart_publish(
             Err(why) => return error(StatusCode::BAD_REQUEST, format!("event {i}: {why}")),
         }
     }
-    let records = match stalwart::encode_batches(node_id, &bodies) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let mut sent = Vec::new();
-    for record in records {
-        match api.node.producer.send_raw(&cfg.topic, None, &record).await {
-            Ok(d) => sent
-                .push(json!({"partition": d.partition, "offset": d.offset, "bytes": record.len()})),
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    match api.producer.publish_stalwart(&bodies).await {
+        Ok(sent) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"topic": sent.topic, "records": sent.records})),
+        )
+            .into_response(),
+        Err(e @ StalwartError::Disabled) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ StalwartError::Encode(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ StalwartError::Delivery(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
     }
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({"topic": cfg.topic, "records": sent})),
-    )
-        .into_response()
 }

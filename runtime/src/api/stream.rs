@@ -27,7 +27,7 @@ pub(super) struct Params {
 }
 
 pub(super) async fn stream(State(api): State<Api>, Query(p): Query<Params>) -> Response {
-    let rx = api.node.effects.notices.subscribe(p.account);
+    let rx = api.notices.subscribe(p.account);
     let ready = futures::stream::once(async move {
         Ok::<_, Infallible>(Sse::default().event("ready").data(match p.account {
             Some(a) => format!("{{\"account\":{a}}}"),

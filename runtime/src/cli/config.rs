@@ -23,6 +23,7 @@ fn summary(c: &Config, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "groups:")?;
     writeln!(out, "  broadcast: {}", c.broadcast_group())?;
     writeln!(out, "  shared: {}", c.shared_group())?;
+    writeln!(out, "  mail server's own (never joined): {}", c.group_id)?;
     let create = match &c.topics.create {
         Some(t) => format!(
             " (created when missing: {} partitions, replication factor {})",
@@ -42,6 +43,36 @@ fn summary(c: &Config, out: &mut dyn Write) -> std::io::Result<()> {
             .node_id
             .map_or("-".to_string(), |n| n.to_string());
         writeln!(out, "stalwart: topic {}, node id {node}", c.stalwart.topic)?;
+    }
+    let b = &c.blocklist;
+    let protect: Vec<String> = b.protect.iter().map(ToString::to_string).collect();
+    writeln!(
+        out,
+        "blocklist policy: IPv4 /{} or narrower, IPv6 /{} or narrower, at most {} entries, \
+         reasons cut at {} bytes; never loopback, link-local, multicast, unspecified, this \
+         node's or the brokers' addresses{}",
+        b.min_prefix_v4,
+        b.min_prefix_v6,
+        b.max_entries,
+        b.max_reason,
+        if protect.is_empty() {
+            String::new()
+        } else {
+            format!(", nor {}", protect.join(", "))
+        }
+    )?;
+    writeln!(
+        out,
+        "publish: events more than {} handler publishes deep are dead-lettered",
+        c.publish_max_hops
+    )?;
+    if c.push_allow_private {
+        writeln!(
+            out,
+            "push: private and plain-http endpoints ALLOWED (push.allowPrivate; test setups only)"
+        )?;
+    } else {
+        writeln!(out, "push: public https endpoints only")?;
     }
     let missing = if c.handlers.is_dir() {
         ""
@@ -77,8 +108,17 @@ mod tests {
         check(&path, &mut out).unwrap();
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("brokers: 127.0.0.1:9092"), "{out}");
-        assert!(out.contains("broadcast: stalwart-cluster.node-1"), "{out}");
-        assert!(out.contains("shared: stalwart-cluster\n"), "{out}");
+        assert!(
+            out.contains("broadcast: stalwart-cluster.herald.node-1"),
+            "{out}"
+        );
+        assert!(out.contains("shared: stalwart-cluster.herald\n"), "{out}");
+        assert!(out.contains("(never joined): stalwart-cluster\n"), "{out}");
+        assert!(
+            out.contains("blocklist policy: IPv4 /16 or narrower"),
+            "{out}"
+        );
+        assert!(out.contains("push: public https endpoints only"), "{out}");
         assert!(out.contains("herald.events.dlq"), "{out}");
         assert!(out.contains("handlers: target/handlers"), "{out}");
         assert!(out.contains("127.0.0.1:8470"), "{out}");

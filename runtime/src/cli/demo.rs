@@ -91,7 +91,7 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
     println!("  handlers:               {}", handlers.display());
     println!("  node state:             {}", state.path().display());
     let node = Arc::new(Node::open(config)?.with_metrics(super::node::install_metrics()?));
-    for h in node.registry.all() {
+    for h in node.registry().all() {
         println!(
             "  handler {:<12} {:?}, subscribes to {:?}",
             h.manifest.name, h.manifest.mode, h.manifest.subscribe
@@ -102,7 +102,7 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
     stop_on_signals(shutdown.clone());
     let running = tokio::spawn(node.clone().run(shutdown.clone()));
     spawn_dead_letter_viewer(&bootstrap, shutdown.clone())?;
-    let mut notices = node.effects.notices.subscribe(None);
+    let mut notices = node.notices().subscribe(None);
     tokio::spawn(async move {
         while let Ok(n) = notices.recv().await {
             if let Notice::StateChange {
@@ -120,12 +120,7 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
     println!(
         "\nwaiting for the node to join its consumer group (the mock cluster takes a few seconds) ..."
     );
-    while node
-        .broadcast
-        .assigned
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
+    while node.assigned_partitions(crate::manifest::Mode::Broadcast) == 0 {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -133,7 +128,7 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
     }
     println!("joined; publishing sample events:\n");
     for event in samples("demo") {
-        let d = node.producer.publish(&event).await?;
+        let d = node.producer().publish(&event).await?;
         println!(
             "  published {:<16} -> partition {} offset {}  {}",
             event.body.kind(),
@@ -144,7 +139,7 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
     }
     // Show the blocklist once both valid blocks are in.
     for _ in 0..100 {
-        if node.effects.blocklist.list(now_ms()).len() >= 2 {
+        if node.blocklist().list(now_ms()).len() >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -153,7 +148,7 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
         "\nblocklist of this node ({}/blocklist.txt):",
         state.path().display()
     );
-    for e in node.effects.blocklist.list(now_ms()) {
+    for e in node.blocklist().list(now_ms()) {
         println!(
             "  {:<16} {} (expires {:?})",
             e.network, e.reason, e.expires_at

@@ -38,6 +38,7 @@ fn manifest_for(wasm: &Path, explicit: Option<&Path>) -> anyhow::Result<Manifest
         subscribe: crate::event::KINDS.iter().map(|k| k.to_string()).collect(),
         mode: Mode::Broadcast,
         capabilities: Capability::ALL.into_iter().collect(),
+        publish: crate::event::KINDS.iter().map(|k| k.to_string()).collect(),
         limits: Default::default(),
         settings: Default::default(),
     })

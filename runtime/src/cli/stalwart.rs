@@ -4,7 +4,7 @@
 //! Both speak the same line format, so that decoding, editing and encoding
 //! again is a shell pipeline: a first line `{"nodeId":N}`, then one line per
 //! event, `{"kind":"<kind>","body":<body>}`, where kind and body are exactly
-//! those of herald's JSON envelope (DESIGN.md, "Events").
+//! those of herald's JSON envelope (`docs/design.md`).
 
 use std::io::{BufRead, Read, Write};
 
@@ -118,7 +118,7 @@ pub fn encode_cmd(input: &mut dyn BufRead, out: &mut dyn Write) -> anyhow::Resul
 }
 
 /// Hex digits, with any whitespace between them ignored so that a record
-/// pasted from DESIGN.md or a log with spaces in it reads as is.
+/// pasted from a document or a log with spaces in it reads as is.
 fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
     let digits: String = text.split_whitespace().collect();
     hex::decode(&digits).map_err(|e| anyhow!("the record is not hex ({e}, whitespace removed)"))

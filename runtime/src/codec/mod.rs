@@ -1,8 +1,159 @@
-//! Decoding and encoding of what travels on the topics.
+//! From Kafka records to events.
 //!
 //! herald's own events travel as the JSON envelope of [`crate::event`]; the
 //! mail server's own cluster traffic travels in Stalwart's binary batches,
 //! read and written by [`stalwart`] so that herald can sit on a cluster's
-//! `stwt.agora` topic beside Stalwart v0.16 nodes.
+//! `stwt.agora` topic beside Stalwart v0.16 nodes. [`Decoder`] picks the form
+//! by topic and gives every event its id, origin and position.
 
 pub mod stalwart;
+
+use crate::event::{Event, Position};
+
+/// One Kafka record, detached from the consumer.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A record that did not decode whole: the events decoded before the fault
+/// (a Stalwart batch acts on those, so must herald) and why.
+#[derive(Debug)]
+pub struct Undecodable {
+    pub kept: Vec<Event>,
+    pub error: String,
+}
+
+/// How records become events.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    /// Stalwart's topic and this node's Stalwart node id, when consuming it.
+    pub stalwart: Option<(String, u16)>,
+    /// The most events one Stalwart record may hold; a record with more is
+    /// dead-lettered whole (`stalwart.maxEventsPerRecord`).
+    pub max_stalwart_events: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Decoder {
+        Decoder {
+            stalwart: None,
+            max_stalwart_events: stalwart::DEFAULT_MAX_EVENTS,
+        }
+    }
+}
+
+impl Decoder {
+    /// Whether records of `topic` are Stalwart batches.
+    pub fn is_stalwart(&self, topic: &str) -> bool {
+        self.stalwart.as_ref().is_some_and(|(t, _)| t == topic)
+    }
+
+    /// Decode one record into its events. Errors name the record
+    /// (`topic/partition@offset`).
+    pub fn decode(&self, r: &Record) -> Result<Vec<Event>, Undecodable> {
+        let fail = |kept, e: &dyn std::fmt::Display| Undecodable {
+            kept,
+            error: format!("{}/{}@{}: {e}", r.topic, r.partition, r.offset),
+        };
+        let Some(value) = &r.value else {
+            return Err(fail(vec![], &"record has no value"));
+        };
+        let position = Position {
+            topic: r.topic.clone(),
+            partition: r.partition,
+            offset: r.offset,
+        };
+        if let Some((topic, own)) = &self.stalwart
+            && *topic == r.topic
+        {
+            let decoded = stalwart::decode_at_most(value, self.max_stalwart_events)
+                .map_err(|e| fail(vec![], &e))?;
+            if decoded.node_id == *own {
+                // Our own batch, echoed back by the topic.
+                return Ok(vec![]);
+            }
+            let ts = r.timestamp_ms.unwrap_or(0).max(0) as u64;
+            let events = decoded
+                .events
+                .into_iter()
+                .enumerate()
+                .map(|(i, body)| Event {
+                    id: format!("stwt-{}-{}-{}-{i}", decoded.node_id, r.partition, r.offset),
+                    origin: format!("stalwart:{}", decoded.node_id),
+                    ts,
+                    hops: 0,
+                    position: position.clone(),
+                    body,
+                })
+                .collect();
+            return match decoded.error {
+                None => Ok(events),
+                Some(e) => Err(fail(events, &e)),
+            };
+        }
+        Event::from_json(value, position)
+            .map(|e| vec![e])
+            .map_err(|e| fail(vec![], &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(topic: &str, value: &[u8]) -> Record {
+        Record {
+            topic: topic.into(),
+            partition: 2,
+            offset: 7,
+            key: None,
+            value: Some(value.to_vec()),
+            timestamp_ms: Some(1_700_000_000_000),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_record() {
+        let d = Decoder::default();
+        let err = d.decode(&record("herald.events", b"{")).unwrap_err();
+        assert!(
+            err.error.starts_with("herald.events/2@7: "),
+            "{}",
+            err.error
+        );
+        let mut empty = record("herald.events", b"");
+        empty.value = None;
+        assert!(d.decode(&empty).unwrap_err().error.contains("no value"));
+    }
+
+    #[test]
+    fn stalwart_batches_get_ids_and_own_batches_are_skipped() {
+        use crate::event::{Body, Empty};
+        let d = Decoder {
+            stalwart: Some(("stwt.agora".into(), 9)),
+            max_stalwart_events: 3,
+        };
+        let bodies = vec![Body::QueueRefresh(Empty {}); 2];
+        let from_peer = stalwart::encode_batches(3, &bodies).unwrap().remove(0);
+        let events = d.decode(&record("stwt.agora", &from_peer)).unwrap();
+        let ids: Vec<_> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["stwt-3-2-7-0", "stwt-3-2-7-1"]);
+        assert_eq!(events[0].origin, "stalwart:3");
+        let own = stalwart::encode_batches(9, &bodies).unwrap().remove(0);
+        assert!(d.decode(&record("stwt.agora", &own)).unwrap().is_empty());
+        // The same bytes on another topic are not Stalwart's.
+        assert!(d.decode(&record("herald.events", &own)).is_err());
+        // A record over the cap is refused whole, naming the cap.
+        let four = vec![Body::QueueRefresh(Empty {}); 4];
+        let big = stalwart::encode_batches(3, &four).unwrap().remove(0);
+        let err = d.decode(&record("stwt.agora", &big)).unwrap_err();
+        assert!(err.kept.is_empty());
+        assert!(err.error.contains("more than 3 events"), "{}", err.error);
+    }
+}

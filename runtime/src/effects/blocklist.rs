@@ -22,6 +22,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::Context;
+
+use crate::durable;
+
+pub mod policy;
+
+pub use policy::{Policy, Refusal};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +42,10 @@ pub struct Entry {
 pub struct Blocklist {
     dir: PathBuf,
     state: Mutex<State>,
+    policy: Policy,
+    /// Held for a whole export, so that two exports (housekeeping and
+    /// shutdown) cannot finish in the opposite order of their snapshots.
+    export: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -77,18 +87,31 @@ impl State {
     }
 }
 
+/// Why the blocklist refused a network. Every case is the caller's input:
+/// asking again with the same network never works.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BlocklistError {
+    /// The node's policy refuses it ([`policy`]).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("`{0}` is not an IP address or CIDR network")]
+    NotANetwork(String),
+    #[error("`{0}` has host bits set")]
+    HostBits(String),
+}
+
 /// Parse a network the way the blocklist keys it: canonical text, so
 /// `2001:DB8::/48` and `2001:db8::/48` are one entry.
-pub fn normalise(network: &str) -> Result<(String, ipnet::IpNet), String> {
+pub fn normalise(network: &str) -> Result<(String, ipnet::IpNet), BlocklistError> {
     let net: ipnet::IpNet = match network.parse::<ipnet::IpNet>() {
         Ok(n) => n,
         Err(_) => network
             .parse::<IpAddr>()
             .map(ipnet::IpNet::from)
-            .map_err(|_| format!("`{network}` is not an IP address or CIDR network"))?,
+            .map_err(|_| BlocklistError::NotANetwork(network.to_string()))?,
     };
     if net.trunc() != net {
-        return Err(format!("`{network}` has host bits set"));
+        return Err(BlocklistError::HostBits(network.to_string()));
     }
     let text = if net.prefix_len() == net.max_prefix_len() {
         net.addr().to_string()
@@ -99,8 +122,14 @@ pub fn normalise(network: &str) -> Result<(String, ipnet::IpNet), String> {
 }
 
 impl Blocklist {
-    /// Open the blocklist in `dir`, reading what a previous run left.
+    /// Open the blocklist in `dir`, reading what a previous run left, with
+    /// the default [`Policy`].
     pub fn open(dir: &Path) -> anyhow::Result<Blocklist> {
+        Blocklist::open_with(dir, Policy::default())
+    }
+
+    /// Open the blocklist in `dir` under `policy`.
+    pub fn open_with(dir: &Path, policy: Policy) -> anyhow::Result<Blocklist> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create state directory {}", dir.display()))?;
         let path = dir.join("blocklist.json");
@@ -119,20 +148,31 @@ impl Blocklist {
         let journal = dir.join("blocklist.journal");
         match std::fs::read_to_string(&journal) {
             Ok(text) => {
-                if !text.is_empty() && !text.ends_with('\n') {
-                    // Cut the torn line off, or the next append would glue a
-                    // good change onto it.
-                    let keep = text.rfind('\n').map_or(0, |i| i + 1);
+                let whole = text.rfind('\n').map_or(0, |i| i + 1);
+                if whole < text.len() {
+                    // A torn final line was never synced, hence never
+                    // committed: cut it off, or the next append would glue
+                    // a good change onto it.
+                    tracing::warn!(path = %journal.display(), line = text[..whole].lines().count() + 1,
+                        bytes = text.len() - whole, "dropping a torn last line of the blocklist journal");
                     let f = std::fs::OpenOptions::new().write(true).open(&journal)?;
-                    f.set_len(keep as u64)?;
+                    f.set_len(whole as u64)?;
                     f.sync_all()?;
                 }
-                for line in text.lines() {
-                    // A torn final line was never synced, hence never committed.
-                    if let Ok(change) = serde_json::from_str::<Change>(line) {
-                        state.apply(change);
-                        state.journaled += 1;
-                    }
+                for (n, line) in text[..whole].lines().enumerate() {
+                    // Damage anywhere before the end is not a crash: refuse
+                    // to start rather than silently drop a change (an
+                    // unblock lost would block a client for good).
+                    let change = serde_json::from_str::<Change>(line).map_err(|e| {
+                        anyhow::anyhow!(
+                            "{} line {}: damaged ({e}); herald will not guess what it said. \
+                             Restore the file, or remove the line once you know the change it held",
+                            journal.display(),
+                            n + 1
+                        )
+                    })?;
+                    state.apply(change);
+                    state.journaled += 1;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -142,6 +182,8 @@ impl Blocklist {
         Ok(Blocklist {
             dir: dir.to_path_buf(),
             state: Mutex::new(state),
+            policy,
+            export: Mutex::new(()),
         })
     }
 
@@ -150,21 +192,29 @@ impl Blocklist {
         network: &str,
         reason: &str,
         expires_at: Option<u64>,
-    ) -> Result<(), String> {
-        let (key, _) = normalise(network)?;
+    ) -> Result<(), BlocklistError> {
+        let (key, net) = normalise(network)?;
+        self.policy.check(&key, &net)?;
         let entry = Entry {
             network: key.clone(),
-            reason: reason.to_string(),
+            reason: crate::bounded::cut(reason, self.policy.max_reason).into_owned(),
             expires_at,
         };
         let mut s = self.state.lock().unwrap();
+        if !s.entries.contains_key(&key) && s.entries.len() >= self.policy.max_entries {
+            return Err(Refusal::Full {
+                network: key,
+                max: self.policy.max_entries,
+            }
+            .into());
+        }
         if s.entries.get(&key) != Some(&entry) {
             s.record(Change::Block(entry));
         }
         Ok(())
     }
 
-    pub fn unblock(&self, network: &str) -> Result<(), String> {
+    pub fn unblock(&self, network: &str) -> Result<(), BlocklistError> {
         let (key, _) = normalise(network)?;
         let mut s = self.state.lock().unwrap();
         if s.entries.contains_key(&key) {
@@ -232,11 +282,7 @@ impl Blocklist {
                 lines.push(b'\n');
             }
             let path = self.dir.join("blocklist.journal");
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .with_context(|| format!("cannot append to {}", path.display()))?;
+            let mut f = durable::append(&path)?;
             f.write_all(&lines)?;
             f.sync_data()?;
             s.journaled += s.pending.len();
@@ -244,12 +290,12 @@ impl Blocklist {
         }
         if s.journaled > s.entries.len().max(1024) {
             let entries: Vec<&Entry> = s.entries.values().collect();
-            write_atomic(
+            durable::replace(
                 &self.dir.join("blocklist.json"),
                 &serde_json::to_vec(&entries)?,
             )?;
             // The snapshot has everything the journal had.
-            write_atomic(&self.dir.join("blocklist.journal"), b"")?;
+            durable::replace(&self.dir.join("blocklist.journal"), b"")?;
             s.journaled = 0;
         }
         Ok(())
@@ -258,6 +304,7 @@ impl Blocklist {
     /// Rewrite `blocklist.txt` if the list changed, at most once a second
     /// unless `force`.
     pub fn export(&self, force: bool) -> anyhow::Result<()> {
+        let _one_at_a_time = self.export.lock().unwrap_or_else(|e| e.into_inner());
         let text = {
             let mut s = self.state.lock().unwrap();
             let recent = s
@@ -273,26 +320,65 @@ impl Blocklist {
                 .map(|e| format!("{}\n", e.network))
                 .collect::<String>()
         };
-        write_atomic(&self.dir.join("blocklist.txt"), text.as_bytes())
+        durable::replace(&self.dir.join("blocklist.txt"), text.as_bytes())
     }
-}
-
-/// Write `bytes` to `path` through a temporary file in the same directory,
-/// synced before the rename, so that `path` is always whole.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_dropped_but_damage_elsewhere_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Blocklist::open(dir.path()).unwrap();
+        b.block("203.0.113.7", "x", None).unwrap();
+        b.block("203.0.113.8", "x", None).unwrap();
+        b.unblock("203.0.113.7").unwrap();
+        b.flush().unwrap();
+        drop(b);
+        let journal = dir.path().join("blocklist.journal");
+        let good = std::fs::read_to_string(&journal).unwrap();
+        assert_eq!(good.lines().count(), 3);
+        // A crash in the middle of an append: the last change is lost, the
+        // rest stands, and the file is cut back to whole lines.
+        std::fs::write(&journal, format!("{good}{{\"block\":{{\"netw")).unwrap();
+        let b = Blocklist::open(dir.path()).unwrap();
+        assert_eq!(b.list(0).len(), 1);
+        assert_eq!(std::fs::read_to_string(&journal).unwrap(), good);
+        drop(b);
+        // Damage in the middle (here: the unblock) refuses to start.
+        let lines: Vec<&str> = good.lines().collect();
+        let damaged = format!("{}\n{}\ngarbage\n", lines[0], lines[1]);
+        std::fs::write(&journal, damaged).unwrap();
+        let err = Blocklist::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("blocklist.journal line 3"), "{err}");
+    }
+
+    #[test]
+    fn the_policy_refuses_over_reach_and_caps_entries_and_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy {
+            max_entries: 2,
+            max_reason: 16,
+            ..Policy::default()
+        };
+        let b = Blocklist::open_with(dir.path(), policy).unwrap();
+        for wide in ["0.0.0.0/0", "::/0", "10.0.0.0/8", "127.0.0.1"] {
+            assert!(
+                matches!(b.block(wide, "x", None), Err(BlocklistError::Refused(_))),
+                "{wide}"
+            );
+        }
+        b.block("203.0.113.1", &"r".repeat(100), None).unwrap();
+        assert!(b.list(0)[0].reason.len() < 50, "{:?}", b.list(0));
+        b.block("203.0.113.2", "x", None).unwrap();
+        let full = b.block("203.0.113.3", "x", None).unwrap_err();
+        assert!(full.to_string().contains("maxEntries"), "{full}");
+        // Replacing an entry is not growing the list.
+        b.block("203.0.113.2", "y", None).unwrap();
+        assert_eq!(b.len(), 2);
+    }
 
     #[test]
     fn survives_a_reopen_and_expires() {

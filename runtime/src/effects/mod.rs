@@ -58,6 +58,11 @@ pub enum Effect {
         private_key_pem: String,
     },
     Publish {
+        /// Derived from the cause, the handler and the count: the same on
+        /// a retry of the same call.
+        id: String,
+        /// The cause's hops + 1.
+        hops: u32,
         key: String,
         kind: &'static str,
         #[serde(serialize_with = "body_json")]
@@ -81,6 +86,28 @@ pub enum EffectError {
     /// Will never work as asked (malformed network, bad certificate).
     #[error("invalid: {0}")]
     Invalid(String),
+    /// The node's policy refuses it, whatever the handler says.
+    #[error("denied: {0}")]
+    Denied(String),
+}
+
+impl From<blocklist::BlocklistError> for EffectError {
+    fn from(e: blocklist::BlocklistError) -> EffectError {
+        match e {
+            blocklist::BlocklistError::Refused(r) => EffectError::Denied(r.to_string()),
+            other => EffectError::Invalid(other.to_string()),
+        }
+    }
+}
+
+impl From<certs::CertError> for EffectError {
+    fn from(e: certs::CertError) -> EffectError {
+        if e.is_transient() {
+            EffectError::Transient(e.to_string())
+        } else {
+            EffectError::Invalid(e.to_string())
+        }
+    }
 }
 
 /// What a successful effect returns: the new event id for `Publish`.
@@ -135,7 +162,7 @@ impl Effects for Recorder {
                     }
                     None
                 }
-                Effect::Publish { .. } => Some(uuid::Uuid::now_v7().to_string()),
+                Effect::Publish { id, .. } => Some(id.clone()),
                 _ => None,
             };
             self.effects.lock().unwrap().push(effect);

@@ -1,13 +1,13 @@
 //! The node's real effects: what a running herald applies when handlers ask.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use super::blocklist::Blocklist;
+use super::blocklist::{Blocklist, Policy};
 use super::certs::CertStore;
 use super::notify::{Hub, Notice};
 use super::push::{PushClient, PushSettings};
 use super::{Effect, EffectError, EffectFuture, Effects};
+use crate::config::Config;
 use crate::event::{Body, Event, PushSubscriptionGone};
 
 /// Sends events to the cluster; the Kafka producer implements it.
@@ -30,29 +30,111 @@ pub struct NodeEffects {
 }
 
 impl NodeEffects {
-    /// Open the node's state in `state_dir`.
-    pub fn open(
-        node_id: &str,
-        state_dir: &Path,
-        publisher: Arc<dyn Publisher>,
-    ) -> anyhow::Result<Self> {
+    /// Open the node's state in `config.state_dir`, under the config's
+    /// blocklist policy (to which the node's own and its brokers' addresses
+    /// are added).
+    pub fn open(config: &Config, publisher: Arc<dyn Publisher>) -> anyhow::Result<Self> {
+        let state_dir = &config.state_dir;
         Ok(NodeEffects {
-            node_id: node_id.to_string(),
-            blocklist: Arc::new(Blocklist::open(state_dir)?),
+            node_id: config.node_id.clone(),
+            blocklist: Arc::new(Blocklist::open_with(state_dir, blocklist_policy(config))?),
             certificates: Arc::new(CertStore::open(state_dir)?),
             notices: Arc::new(Hub::default()),
-            push: PushClient::open(state_dir, PushSettings::default())?,
+            push: PushClient::open(
+                state_dir,
+                PushSettings {
+                    allow_private: config.push_allow_private,
+                    ..PushSettings::default()
+                },
+            )?,
             publisher,
         })
     }
 
-    async fn publish(&self, key: String, body: Body) -> Result<String, EffectError> {
-        let event = Event::new(&self.node_id, body);
+    async fn publish(&self, key: String, event: Event) -> Result<String, EffectError> {
         self.publisher
             .publish(&key, &event)
             .await
             .map_err(EffectError::Transient)?;
         Ok(event.id)
+    }
+}
+
+/// The config's blocklist policy, with this node's own addresses and its
+/// brokers' added to what is never blocked.
+fn blocklist_policy(config: &Config) -> Policy {
+    let b = &config.blocklist;
+    let mut policy = Policy {
+        min_prefix_v4: b.min_prefix_v4,
+        min_prefix_v6: b.min_prefix_v6,
+        protect: b
+            .protect
+            .iter()
+            .map(|n| (*n, "a network in blocklist.protect".to_string()))
+            .collect(),
+        max_entries: b.max_entries,
+        max_reason: b.max_reason,
+    };
+    match if_addrs::get_if_addrs() {
+        Ok(interfaces) => {
+            for i in interfaces {
+                policy.protect_address(i.ip(), &format!("this node's address on {}", i.name));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list this node's addresses to protect them"),
+    }
+    for broker in &config.brokers {
+        use std::net::ToSocketAddrs;
+        match broker.to_socket_addrs() {
+            Ok(addrs) => {
+                for a in addrs {
+                    policy.protect_address(a.ip(), &format!("the broker {broker}"));
+                }
+            }
+            Err(e) => tracing::warn!(%broker, error = %e, "cannot resolve a broker to protect it"),
+        }
+    }
+    policy
+}
+
+/// The most domains one certificate may be installed for.
+pub const MAX_CERT_DOMAINS: usize = 100;
+
+impl NodeEffects {
+    /// Check a certificate as the handler should have, and more: the chain
+    /// and key parse and match, the leaf is valid now and covers every
+    /// domain, there are not too many domains, and no domain goes back to
+    /// a certificate that ends earlier than the one it has (no rollback).
+    /// Answers the leaf's own notAfter (Unix ms), whatever was claimed.
+    fn check_certificate(
+        &self,
+        domains: &[String],
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<u64, EffectError> {
+        if domains.len() > MAX_CERT_DOMAINS {
+            return Err(EffectError::Invalid(format!(
+                "a certificate may be installed for at most {MAX_CERT_DOMAINS} domains, not {}",
+                domains.len()
+            )));
+        }
+        let now = (crate::event::now_ms() / 1000) as i64;
+        let not_after = herald_guest::x509::check(domains, chain_pem, key_pem, now)
+            .map_err(|e| EffectError::Invalid(crate::bounded::reason(e)))?;
+        for domain in domains {
+            let name = domain.trim_end_matches('.');
+            if let Some(current) = self.certificates.get(name)
+                && current.domain.eq_ignore_ascii_case(name)
+                && current.not_after > not_after
+            {
+                return Err(EffectError::Invalid(format!(
+                    "refusing to roll `{name}` back to a certificate that ends at {} ms; \
+                     the installed one ends at {} ms",
+                    not_after, current.not_after
+                )));
+            }
+        }
+        Ok(not_after)
     }
 }
 
@@ -78,19 +160,26 @@ impl Effects for NodeEffects {
                     expires_at,
                 } => {
                     tracing::debug!(handler, %network, "block");
-                    self.blocklist
-                        .block(&network, &reason, expires_at)
-                        .map(|_| None)
-                        .map_err(EffectError::Invalid)
+                    self.blocklist.block(&network, &reason, expires_at)?;
+                    Ok(None)
                 }
                 Effect::Unblock { network } => {
                     tracing::debug!(handler, %network, "unblock");
-                    self.blocklist
-                        .unblock(&network)
-                        .map(|_| None)
-                        .map_err(EffectError::Invalid)
+                    self.blocklist.unblock(&network)?;
+                    Ok(None)
                 }
-                Effect::Publish { key, body, .. } => self.publish(key, body).await.map(Some),
+                Effect::Publish {
+                    id,
+                    hops,
+                    key,
+                    body,
+                    ..
+                } => {
+                    let mut event = Event::new(&self.node_id, body);
+                    event.id = id;
+                    event.hops = hops;
+                    self.publish(key, event).await.map(Some)
+                }
                 Effect::PushDeliver {
                     event_id,
                     account_id,
@@ -112,19 +201,24 @@ impl Effects for NodeEffects {
                             account_id,
                             endpoint,
                         });
+                        // Derived from the delivery's event: a retried
+                        // delivery publishes the same event again.
+                        let mut gone = Event::new(&self.node_id, gone);
+                        gone.id = crate::event::derived_id("gone", &[&event_id]);
                         self.publish(format!("account:{account_id}"), gone).await?;
                     }
                     result.map(|_| None)
                 }
                 Effect::InstallCertificate {
                     domains,
-                    not_after,
+                    not_after: _claimed,
                     chain_pem,
                     private_key_pem,
                 } => {
+                    let not_after =
+                        self.check_certificate(&domains, &chain_pem, &private_key_pem)?;
                     self.certificates
-                        .install(&domains, &chain_pem, &private_key_pem, not_after)
-                        .map_err(EffectError::Transient)?;
+                        .install(&domains, &chain_pem, &private_key_pem, not_after)?;
                     tracing::info!(handler, ?domains, not_after, "certificate installed");
                     self.notices
                         .publish(Notice::Certificate { domains, not_after });

@@ -88,6 +88,16 @@ impl Hub {
         let _ = self.all.send(notice);
     }
 
+    /// Release the channels of accounts whose subscribers have all gone.
+    /// Run periodically: without it, a client that subscribes to many
+    /// accounts and leaves would keep a channel per account for good.
+    pub fn prune(&self) -> usize {
+        let mut accounts = self.accounts.lock().unwrap();
+        let before = accounts.len();
+        accounts.retain(|_, tx| tx.receiver_count() > 0);
+        before - accounts.len()
+    }
+
     /// Accounts with at least one subscriber.
     pub fn accounts(&self) -> usize {
         self.accounts
@@ -109,6 +119,18 @@ mod tests {
             change_id,
             types: DataTypes(1),
         }
+    }
+
+    #[test]
+    fn departed_subscribers_channels_are_released() {
+        let hub = Hub::default();
+        let kept = hub.subscribe(Some(1));
+        for account in 2..1000 {
+            drop(hub.subscribe(Some(account)));
+        }
+        assert_eq!(hub.prune(), 998);
+        assert_eq!(hub.accounts.lock().unwrap().len(), 1);
+        drop(kept);
     }
 
     #[tokio::test]

@@ -36,8 +36,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::Record;
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, Record};
+use crate::dispatch::Dispatcher;
 
 /// How long a revoke or shutdown waits for an in-flight batch.
 const RELEASE_WAIT: Duration = Duration::from_secs(30);

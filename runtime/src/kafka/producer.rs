@@ -6,13 +6,15 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::Context;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::codec::stalwart;
 use crate::config::Config;
-use crate::dispatch::{DeadLetter, DeadLetterSink};
+use crate::dispatch::{DeadLetter, DeadLetterSink, SinkError};
 use crate::effects::node::Publisher;
-use crate::event::Event;
+use crate::event::{Body, Event};
 
 pub struct Producer {
     inner: FutureProducer,
@@ -20,6 +22,32 @@ pub struct Producer {
     dead_letter_suffix: String,
     node_id: String,
     timeout: Duration,
+    /// Stalwart's topic and this node's Stalwart node id, when enabled.
+    stalwart: Option<(String, u16)>,
+}
+
+/// What [`Producer::publish_stalwart`] sent.
+#[derive(Debug, serde::Serialize)]
+pub struct StalwartSent {
+    pub topic: String,
+    pub records: Vec<StalwartRecord>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct StalwartRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StalwartError {
+    #[error("stalwart is not enabled in this node's config")]
+    Disabled,
+    #[error(transparent)]
+    Encode(#[from] stalwart::EncodeError),
+    #[error("{0:#}")]
+    Delivery(anyhow::Error),
 }
 
 /// Where a record landed.
@@ -47,6 +75,11 @@ impl Producer {
             dead_letter_suffix: cfg.topics.dead_letter_suffix.clone(),
             node_id: cfg.node_id.clone(),
             timeout: cfg.timeout_message,
+            stalwart: cfg
+                .stalwart
+                .node_id
+                .filter(|_| cfg.stalwart.enabled)
+                .map(|id| (cfg.stalwart.topic.clone(), id)),
         })
     }
 
@@ -67,18 +100,28 @@ impl Producer {
         self.send(record).await
     }
 
-    /// Send raw bytes to `topic` (Stalwart batches: no key, as Stalwart does).
-    pub async fn send_raw(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-    ) -> anyhow::Result<Delivered> {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
-        if let Some(k) = key {
-            record = record.key(k);
+    /// Publish `bodies` on Stalwart's topic as this node's Stalwart node id,
+    /// the way Stalwart itself does: records of at most
+    /// [`stalwart::MAX_EVENTS_PER_RECORD`] events, without a key. Nothing is
+    /// sent unless every body has a wire form.
+    pub async fn publish_stalwart(&self, bodies: &[Body]) -> Result<StalwartSent, StalwartError> {
+        let Some((topic, node_id)) = &self.stalwart else {
+            return Err(StalwartError::Disabled);
+        };
+        let mut sent = StalwartSent {
+            topic: topic.clone(),
+            records: Vec::new(),
+        };
+        for value in stalwart::encode_batches(*node_id, bodies)? {
+            let record = FutureRecord::<[u8], [u8]>::to(topic).payload(&value);
+            let d = self.send(record).await.map_err(StalwartError::Delivery)?;
+            sent.records.push(StalwartRecord {
+                partition: d.partition,
+                offset: d.offset,
+                bytes: value.len(),
+            });
         }
-        self.send(record).await
+        Ok(sent)
     }
 
     async fn send<K, P>(&self, record: FutureRecord<'_, K, P>) -> anyhow::Result<Delivered>
@@ -87,15 +130,25 @@ impl Producer {
         P: rdkafka::message::ToBytes + ?Sized,
     {
         let topic = record.topic.to_string();
+        self.send_record(record).await.map_err(|e| {
+            anyhow::anyhow!(
+                "delivery to {topic} failed within timeoutMessage ({:?}): {e}",
+                self.timeout
+            )
+        })
+    }
+
+    async fn send_record<K, P>(&self, record: FutureRecord<'_, K, P>) -> KafkaResult<Delivered>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
         match self.inner.send(record, self.timeout).await {
             Ok(d) => Ok(Delivered {
                 partition: d.partition,
                 offset: d.offset,
             }),
-            Err((e, _)) => Err(anyhow::anyhow!(
-                "delivery to {topic} failed within timeoutMessage ({:?}): {e}",
-                self.timeout
-            )),
+            Err((e, _)) => Err(e),
         }
     }
 }
@@ -119,7 +172,7 @@ impl DeadLetterSink for Producer {
     fn send<'a>(
         &'a self,
         letter: DeadLetter<'a>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>> {
         Box::pin(async move {
             let o = letter.original;
             let topic = format!("{}{}", o.topic, self.dead_letter_suffix);
@@ -128,25 +181,56 @@ impl DeadLetterSink for Producer {
                 o.offset.to_string(),
                 letter.attempts.to_string(),
             );
-            let headers = OwnedHeaders::new()
+            // Every header is bounded: what a record or a handler said is
+            // cut, so no letter outgrows the broker because of its headers.
+            let error = crate::bounded::cut(&letter.error, crate::bounded::TEXT_MAX);
+            let mut headers = OwnedHeaders::new()
                 .insert(header("herald-handler", letter.handler.unwrap_or("")))
-                .insert(header("herald-error", &letter.error))
+                .insert(header("herald-error", &error))
                 .insert(header("herald-attempts", &attempts))
                 .insert(header("herald-original-topic", &o.topic))
                 .insert(header("herald-original-partition", &partition))
                 .insert(header("herald-original-offset", &offset))
                 .insert(header("herald-node", &self.node_id));
+            let dropped = letter.payload_dropped.map(|n| n.to_string());
+            if let Some(bytes) = &dropped {
+                headers = headers.insert(header("herald-payload-dropped", bytes));
+            }
             let mut record = FutureRecord::<[u8], [u8]>::to(&topic)
                 .payload(&letter.payload)
                 .headers(headers);
-            if let Some(k) = &o.key {
+            // A key larger than a letter's text budget goes the way of the
+            // payload: a record's key is as much the sender's as its value.
+            if let Some(k) = o
+                .key
+                .as_deref()
+                .filter(|k| letter.payload_dropped.is_none() || k.len() <= crate::bounded::TEXT_MAX)
+            {
                 record = record.key(k);
             }
-            self.send(record)
+            self.send_record(record)
                 .await
                 .map(drop)
-                .map_err(|e| format!("{e:#}"))
+                .map_err(|e| classify(&topic, e))
         })
+    }
+}
+
+/// Whether sending the same record again can work: the broker may be away,
+/// but a record it refuses for its size or form will be refused again.
+fn classify(topic: &str, e: KafkaError) -> SinkError {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let text = format!("delivery to {topic} failed: {e}");
+    match e.rdkafka_error_code() {
+        Some(
+            Code::MessageSizeTooLarge
+            | Code::InvalidMessageSize
+            | Code::MessageBatchTooLarge
+            | Code::InvalidRecord
+            | Code::InvalidMessage
+            | Code::InvalidRequiredAcks,
+        ) => SinkError::Refused(text),
+        _ => SinkError::Transient(text),
     }
 }
 

@@ -68,11 +68,7 @@ impl Cache {
 }
 
 fn store(path: &Path, component: &Component) -> anyhow::Result<()> {
-    let bytes = component.serialize()?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    crate::durable::replace(path, &component.serialize()?)
 }
 
 /// Hex SHA-256 of the component bytes: its identity in logs and the API.

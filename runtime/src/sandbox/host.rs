@@ -23,8 +23,40 @@ pub struct HostState {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) limits: super::MemoryCap,
+    pub(super) budget: CallBudget,
+    pub(super) manifest: Arc<crate::manifest::Manifest>,
+    /// The events of the call in progress (id, hops), for `publish`.
+    pub(super) causes: Vec<(String, u32)>,
     pub(super) stdout: GuestOutput,
     pub(super) stderr: GuestOutput,
+}
+
+/// Log lines a call may write; past it, one "log truncated" line.
+const LOG_LINES: u32 = 100;
+/// Bytes of log a call may write.
+const LOG_BYTES: usize = 64 * 1024;
+/// Bytes of strings a call may hand the host through capabilities (network
+/// names, reasons, payloads, certificates). The memory cap bounds each one;
+/// this bounds their sum over a call that makes many.
+pub const LIFTED_BYTES: usize = 8 * 1024 * 1024;
+
+/// What a call has used of its per-call budgets.
+#[derive(Default)]
+pub(crate) struct CallBudget {
+    log_lines: u32,
+    log_bytes: usize,
+    log_truncated: bool,
+    lifted: usize,
+    /// Events published in this call.
+    published: u32,
+    /// Events published per cause (index into `causes`).
+    per_cause: std::collections::HashMap<usize, u32>,
+}
+
+impl CallBudget {
+    pub(super) fn reset(&mut self) {
+        *self = CallBudget::default();
+    }
 }
 
 impl WasiView for HostState {
@@ -37,6 +69,19 @@ impl WasiView for HostState {
 }
 
 impl HostState {
+    /// Count `bytes` the guest handed over against the call's budget.
+    fn charge(&mut self, bytes: usize) -> Result<(), EffectError> {
+        self.budget.lifted = self.budget.lifted.saturating_add(bytes);
+        if self.budget.lifted > LIFTED_BYTES {
+            metrics::counter!("herald_guest_budget_exceeded_total", "handler" => self.handler.to_string())
+                .increment(1);
+            return Err(EffectError::Denied(format!(
+                "this call handed the host more than {LIFTED_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
+
     /// Hand an effect to the node. The store is not `Sync`, so what the
     /// future holds across the await is cloned out of it first.
     fn apply(
@@ -59,6 +104,22 @@ impl types::Host for HostState {}
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) {
         let handler = &*self.handler;
+        let b = &mut self.budget;
+        b.log_lines += 1;
+        b.log_bytes = b.log_bytes.saturating_add(message.len());
+        if b.log_lines > LOG_LINES || b.log_bytes > LOG_BYTES {
+            if !b.log_truncated {
+                b.log_truncated = true;
+                tracing::warn!(
+                    handler,
+                    "log truncated: this call wrote more than {LOG_LINES} lines or {LOG_BYTES} bytes"
+                );
+            }
+            metrics::counter!("herald_guest_log_dropped_total", "handler" => handler.to_string())
+                .increment(1);
+            return;
+        }
+        let message = crate::bounded::cut(&message, crate::bounded::TEXT_MAX);
         match level {
             log::Level::Trace => tracing::trace!(handler, "{message}"),
             log::Level::Debug => tracing::debug!(handler, "{message}"),
@@ -89,12 +150,24 @@ impl idle::Host for HostState {
     }
 }
 
+/// The WIT form of an effect's error: the same four classes.
+fn to_wit(e: EffectError) -> wit::EffectError {
+    match e {
+        EffectError::Transient(m) => wit::EffectError::Transient(m),
+        EffectError::Gone(m) => wit::EffectError::Gone(m),
+        EffectError::Invalid(m) => wit::EffectError::Invalid(m),
+        EffectError::Denied(m) => wit::EffectError::Denied(m),
+    }
+}
+
 impl push::Host for HostState {
     async fn deliver(
         &mut self,
         event_id: String,
         message: push::Message,
-    ) -> Result<(), push::DeliveryError> {
+    ) -> Result<(), wit::EffectError> {
+        self.charge(event_id.len() + message.endpoint.len() + message.payload.len())
+            .map_err(to_wit)?;
         let effect = Effect::PushDeliver {
             event_id,
             account_id: message.account_id,
@@ -103,16 +176,8 @@ impl push::Host for HostState {
             ttl: message.ttl,
             urgency: urgency_from_wit(message.urgency),
         };
-        self.apply(effect).await.map(drop).map_err(|e| match e {
-            EffectError::Transient(m) => push::DeliveryError::Transient(m),
-            EffectError::Gone(m) => push::DeliveryError::Gone(m),
-            EffectError::Invalid(m) => push::DeliveryError::Invalid(m),
-        })
+        self.apply(effect).await.map(drop).map_err(to_wit)
     }
-}
-
-fn message(e: EffectError) -> String {
-    e.to_string()
 }
 
 impl blocklist::Host for HostState {
@@ -121,47 +186,99 @@ impl blocklist::Host for HostState {
         network: String,
         reason: String,
         expires_at: Option<u64>,
-    ) -> Result<(), String> {
+    ) -> Result<(), wit::EffectError> {
+        self.charge(network.len() + reason.len()).map_err(to_wit)?;
         let effect = Effect::Block {
             network,
             reason,
             expires_at,
         };
-        self.apply(effect).await.map(drop).map_err(message)
+        self.apply(effect).await.map(drop).map_err(to_wit)
     }
 
-    async fn unblock(&mut self, network: String) -> Result<(), String> {
+    async fn unblock(&mut self, network: String) -> Result<(), wit::EffectError> {
+        self.charge(network.len()).map_err(to_wit)?;
         self.apply(Effect::Unblock { network })
             .await
             .map(drop)
-            .map_err(message)
+            .map_err(to_wit)
     }
 }
 
 impl certificates::Host for HostState {
-    async fn install(&mut self, c: certificates::Certificate) -> Result<(), String> {
+    async fn install(&mut self, c: certificates::Certificate) -> Result<(), wit::EffectError> {
+        let size = c.domains.iter().map(String::len).sum::<usize>()
+            + c.chain_pem.len()
+            + c.private_key_pem.len();
+        self.charge(size).map_err(to_wit)?;
         let effect = Effect::InstallCertificate {
             domains: c.domains,
             not_after: c.not_after,
             chain_pem: c.chain_pem,
             private_key_pem: c.private_key_pem,
         };
-        self.apply(effect).await.map(drop).map_err(message)
+        self.apply(effect).await.map(drop).map_err(to_wit)
+    }
+}
+
+impl HostState {
+    /// What a publish may be: a kind the manifest lists, within the call's
+    /// budget, on behalf of an event of this call. Answers the new event's
+    /// id (derived, so a retry repeats it) and hops.
+    fn scope_publish(&mut self, cause: &str, kind: &str) -> Result<(String, u32), EffectError> {
+        if !self.manifest.publish.contains(kind) {
+            return Err(EffectError::Denied(format!(
+                "handler `{}` may not publish `{kind}` events (its manifest's `publish` lists {:?})",
+                self.handler, self.manifest.publish
+            )));
+        }
+        let Some(index) = self.causes.iter().position(|(id, _)| id == cause) else {
+            return Err(EffectError::Invalid(format!(
+                "publish names cause `{}`, which is not an event of this call",
+                crate::bounded::cut(cause, 64)
+            )));
+        };
+        let budget = self.manifest.limits.publishes;
+        if self.budget.published >= budget {
+            metrics::counter!("herald_publish_refused_total", "handler" => self.handler.to_string(), "why" => "budget")
+                .increment(1);
+            return Err(EffectError::Denied(format!(
+                "this call already published {budget} events (limits.publishes)"
+            )));
+        }
+        self.budget.published += 1;
+        let n = self.budget.per_cause.entry(index).or_default();
+        *n += 1;
+        let (cause_id, hops) = &self.causes[index];
+        let id = crate::event::derived_id("pub", &[cause_id, &self.handler, &n.to_string()]);
+        Ok((id, hops.saturating_add(1)))
     }
 }
 
 impl publish::Host for HostState {
-    async fn publish(&mut self, key: String, body: wit::BodyResult) -> Result<String, String> {
+    async fn publish(
+        &mut self,
+        cause: String,
+        key: String,
+        body: wit::BodyResult,
+    ) -> Result<String, wit::EffectError> {
         let body = body_from_wit(body);
+        self.charge(cause.len() + key.len() + body.to_json().to_string().len())
+            .map_err(to_wit)?;
+        let (id, hops) = self.scope_publish(&cause, body.kind()).map_err(to_wit)?;
         let effect = Effect::Publish {
+            id,
+            hops,
             key,
             kind: body.kind(),
             body,
         };
         match self.apply(effect).await {
             Ok(Some(id)) => Ok(id),
-            Ok(None) => Err("the node returned no event id".into()),
-            Err(e) => Err(message(e)),
+            Ok(None) => Err(wit::EffectError::Transient(
+                "the node returned no event id".into(),
+            )),
+            Err(e) => Err(to_wit(e)),
         }
     }
 }

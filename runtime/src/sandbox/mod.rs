@@ -35,15 +35,30 @@ use bindings::{Handler, HandlerPre, Scratch, wit};
 use host::HostState;
 use stdio::GuestOutput;
 
+use crate::bounded;
 use crate::effects::Effects;
 use crate::event::Event;
 use crate::manifest::{Capability, MAX_MEMORY, Manifest};
 
 /// The WIT package handlers are written against.
 pub const PACKAGE: &str = "herald:coordination";
+/// The version of [`PACKAGE`] this runtime speaks (see CHANGELOG.md).
+pub const PACKAGE_VERSION: &str = "0.2.0";
 
 /// How often the epoch advances: the resolution of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Past its deadline, a call that is not running wasm (waiting in a host
+/// call or a WASI poll, where epochs cannot reach it) is dropped after this
+/// much more wall-clock time.
+pub const DEADLINE_GRACE: Duration = Duration::from_millis(50);
+
+/// A component may hold at most this many core instances, tables and
+/// memories: a Rust guest needs a handful of instances, a few tables and one
+/// memory, and the memory cap is then the cap of everything it can hold.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+const MAX_TABLES_PER_COMPONENT: u32 = 8;
+const MAX_MEMORIES_PER_COMPONENT: u32 = 1;
 
 /// A handler's verdict on one event, as the host sees it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -173,6 +188,9 @@ impl Sandbox {
             .total_core_instances(cfg.max_instances * 4)
             .total_memories(cfg.max_instances)
             .total_tables(cfg.max_instances * 4)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
             .max_memory_size(MAX_MEMORY as usize);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)?;
@@ -283,7 +301,7 @@ impl Sandbox {
             .any(|(n, i)| n == "handle" && matches!(i.ty, ComponentItem::ComponentFunc(_)));
         Ok(Inspection {
             digest,
-            world: is_handler.then_some("herald:coordination/handler@0.1.0"),
+            world: is_handler.then_some(concat!("herald:coordination/handler@", "0.2.0")),
             imports,
             exports,
             capabilities,
@@ -297,8 +315,16 @@ impl Sandbox {
         events: &[E],
         effects: Arc<dyn Effects>,
     ) -> Result<Vec<Outcome>, CallError> {
-        let mut session = self.session(handler, effects).await?;
-        session.call(events).await
+        // One wall-clock budget for everything: instantiation, guest code,
+        // host calls and WASI waits.
+        let deadline = handler.manifest.limits.deadline;
+        let whole = async {
+            let mut session = self.session(handler, effects).await?;
+            session.call(events).await
+        };
+        tokio::time::timeout(deadline + DEADLINE_GRACE, whole)
+            .await
+            .unwrap_or_else(|_| Err(past_deadline(deadline)))
     }
 
     /// Instantiate a handler for several calls. The node uses a fresh
@@ -324,6 +350,9 @@ impl Sandbox {
             wasi,
             table: Default::default(),
             limits: MemoryCap::new(handler.manifest.limits.memory),
+            budget: host::CallBudget::default(),
+            manifest: handler.manifest.clone(),
+            causes: Vec::new(),
             stdout,
             stderr,
         };
@@ -370,14 +399,24 @@ impl Session {
             .map(|(e, s)| bindings::event_to_wit(e.borrow(), s))
             .collect();
         set_deadline(&mut self.store, self.deadline);
-        let result = self.instance.call_handle(&mut self.store, &batch).await;
+        let state = self.store.data_mut();
+        state.budget.reset();
+        state.causes = events
+            .iter()
+            .map(|e| (e.borrow().id.clone(), e.borrow().hops))
+            .collect();
+        let call = self.instance.call_handle(&mut self.store, &batch);
+        let result = match tokio::time::timeout(self.deadline + DEADLINE_GRACE, call).await {
+            Ok(result) => result,
+            Err(_) => return Err(past_deadline(self.deadline)),
+        };
         let result = match result {
             Ok(outcomes) if outcomes.len() == events.len() => Ok(outcomes
                 .into_iter()
                 .map(|o| match o {
                     wit::Outcome::Ok => Outcome::Ok,
-                    wit::Outcome::Retry(r) => Outcome::Retry(r),
-                    wit::Outcome::Reject(r) => Outcome::Reject(r),
+                    wit::Outcome::Retry(r) => Outcome::Retry(bounded::reason(r)),
+                    wit::Outcome::Reject(r) => Outcome::Reject(bounded::reason(r)),
                 })
                 .collect()),
             Ok(outcomes) => Err(CallError {
@@ -392,6 +431,18 @@ impl Session {
         };
         flush_output(&mut self.store);
         result
+    }
+}
+
+/// A call that did not return within its deadline and grace: it was waiting
+/// (a sleep, a poll, a slow host call) rather than running wasm.
+fn past_deadline(deadline: Duration) -> CallError {
+    CallError {
+        kind: FailureKind::Deadline,
+        message: format!(
+            "did not return within its deadline of {deadline:?} (+{DEADLINE_GRACE:?} grace) \
+             and was dropped"
+        ),
     }
 }
 
@@ -423,8 +474,8 @@ fn classify(store: &mut Store<HostState>, e: wasmtime::Error, default: FailureKi
             "tried to grow its memory past the cap of {}",
             bytesize::ByteSize(store.data().limits.cap).display().iec()
         ),
-        FailureKind::Panic => stderr[panic_at.unwrap_or(0)..].join(" "),
-        _ => format!("{e:#}"),
+        FailureKind::Panic => bounded::reason(stderr[panic_at.unwrap_or(0)..].join(" ")),
+        _ => bounded::reason(format!("{e:#}")),
     };
     let handler = store.data().handler.clone();
     for line in &stderr {
@@ -488,6 +539,15 @@ fn herald_interface(import: &str) -> Option<&str> {
     Some(rest.split('@').next().unwrap_or(rest))
 }
 
+/// `herald:coordination/idle@0.1.0` → `0.1.0`.
+fn herald_version(import: &str) -> Option<&str> {
+    import
+        .strip_prefix(PACKAGE)?
+        .strip_prefix('/')?
+        .split_once('@')
+        .map(|(_, v)| v)
+}
+
 /// Refuse a component that imports what its manifest does not grant, naming
 /// the interface, before anything of it runs.
 fn check_imports(
@@ -496,6 +556,16 @@ fn check_imports(
     manifest: &Manifest,
 ) -> anyhow::Result<()> {
     for (name, _) in component.component_type().imports(engine) {
+        if let Some(version) = herald_version(name)
+            && version != PACKAGE_VERSION
+        {
+            bail!(
+                "handler `{}` was built against {PACKAGE}@{version}; this herald speaks \
+                 {PACKAGE}@{PACKAGE_VERSION} only (rebuild it with the current herald-guest SDK; \
+                 see CHANGELOG.md)",
+                manifest.name
+            );
+        }
         if let Some(iface) = herald_interface(name) {
             if iface == "types" {
                 continue;

@@ -13,29 +13,41 @@
 //! k.. are offered again (not only k), so a later event of the same entity is
 //! never left applied before an earlier one.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::stalwart;
+use crate::codec::{Decoder, Record, Undecodable};
 use crate::config::Retry;
 use crate::effects::Effects;
-use crate::event::{Event, Position};
-use crate::manifest::Mode;
-use crate::registry::Registry;
-use crate::sandbox::{Loaded, Outcome, Sandbox};
+use crate::event::Event;
+use crate::registry::HandlerStats;
+use crate::sandbox::{CallError, Outcome};
 
-/// One Kafka record, detached from the consumer.
-#[derive(Clone, Debug)]
-pub struct Record {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub timestamp_ms: Option<i64>,
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One handler as dispatch sees it: a name, the kinds it takes, its
+/// counters, and a call over a batch of events. The node's handlers are
+/// sandboxed components; unit tests script them.
+pub trait Handler: Send + Sync {
+    fn name(&self) -> &str;
+    fn subscribes_to(&self, kind: &str) -> bool;
+    fn stats(&self) -> &HandlerStats;
+    /// One outcome per event, or why the call as a whole failed.
+    fn call<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, CallError>>;
+}
+
+/// The handlers of the dispatcher's delivery mode. Asked once per batch, so
+/// a reload takes effect between batches and never within one.
+pub trait Handlers: Send + Sync + 'static {
+    fn current(&self) -> Vec<Arc<dyn Handler>>;
 }
 
 /// A record (or one event of it) that could not be handled.
@@ -49,22 +61,33 @@ pub struct DeadLetter<'a> {
     /// What to keep: the record's value, or, for one event out of a
     /// multi-event Stalwart record, that event in the JSON form.
     pub payload: Vec<u8>,
+    /// Set when the payload was left out (the broker refused the letter
+    /// whole): the size it had.
+    pub payload_dropped: Option<usize>,
+}
+
+/// Why a dead letter was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The broker is away or busy: the partition waits and tries again.
+    #[error("{0}")]
+    Transient(String),
+    /// The broker refuses this letter as it is (too large, invalid): sending
+    /// it again unchanged can never work.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Where dead letters go: the producer, to `<topic>.dlq`.
 pub trait DeadLetterSink: Send + Sync + 'static {
-    fn send<'a>(
-        &'a self,
-        letter: DeadLetter<'a>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+    fn send<'a>(&'a self, letter: DeadLetter<'a>) -> BoxFuture<'a, Result<(), SinkError>>;
 }
 
-/// How records become events.
-#[derive(Clone, Debug)]
-pub struct Decoding {
-    /// Stalwart's topic and this node's Stalwart node id, when consuming it.
-    pub stalwart: Option<(String, u16)>,
-}
+/// The most events one handler call gets, and about the most decoded and not
+/// yet handled per partition: a batch whose records hold more (Stalwart
+/// records of many small events) is handled in parts, at record boundaries,
+/// so memory follows this bound and not the records'.
+pub const MAX_EVENTS_IN_FLIGHT: usize = 10_000;
 
 /// The partition was given up (shutdown or revoke) before its batch was
 /// done: nothing of it may be committed.
@@ -72,14 +95,19 @@ pub struct Decoding {
 pub struct Abandoned;
 
 pub struct Dispatcher {
-    pub sandbox: Arc<Sandbox>,
+    pub handlers: Arc<dyn Handlers>,
+    /// Where the handlers' effects land; flushed before every commit.
     pub effects: Arc<dyn Effects>,
-    pub registry: Arc<Registry>,
-    pub mode: Mode,
     pub retry: Retry,
     pub dead_letters: Arc<dyn DeadLetterSink>,
-    pub decoding: Decoding,
+    pub decoder: Decoder,
+    /// Events that took more handler publishes than this to come about are
+    /// dead-lettered, not handled (`publish.maxHops`).
+    pub max_hops: u32,
 }
+
+/// Default of `publish.maxHops`.
+pub const DEFAULT_MAX_HOPS: u32 = 4;
 
 impl Dispatcher {
     /// Handle `records` (one partition, in offset order). Returns once every
@@ -89,93 +117,85 @@ impl Dispatcher {
         records: &[Record],
         stop: &CancellationToken,
     ) -> Result<(), Abandoned> {
+        let handlers = self.handlers.current();
         let mut events = Vec::with_capacity(records.len());
         for record in records {
-            match self.decode(record) {
-                Ok(decoded) => events.extend(decoded),
-                Err((kept, error)) => {
-                    events.extend(kept);
+            let (mut decoded, mut failure) = match self.decoder.decode(record) {
+                Ok(decoded) => (decoded, None),
+                Err(Undecodable { kept, error }) => (kept, Some(error)),
+            };
+            if let Some(looping) = decoded.iter().find(|e| e.hops > self.max_hops) {
+                // A chain of handler publishes this long is a loop: end it
+                // here, on every node, with a letter that says so.
+                metrics::counter!("herald_hop_limit_total").increment(1);
+                failure = Some(format!(
+                    "{}/{}@{}: event `{}` came from {} handler publishes in a row, more than \
+                     publish.maxHops ({}); not handled",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    looping.id,
+                    looping.hops,
+                    self.max_hops
+                ));
+                decoded.clear();
+            }
+            if events.len() + decoded.len() > MAX_EVENTS_IN_FLIGHT {
+                self.run_all(&handlers, &events, records, stop).await?;
+                events.clear();
+            }
+            events.extend(decoded);
+            match failure {
+                None => {}
+                Some(error) => {
                     let letter = DeadLetter {
                         original: record,
                         handler: None,
                         error,
                         attempts: 0,
                         payload: record.value.clone().unwrap_or_default(),
+                        payload_dropped: None,
                     };
                     self.dead_letter(letter, stop).await?;
                 }
             }
         }
+        self.run_all(&handlers, &events, records, stop).await
+    }
+
+    /// Every handler over the events it subscribes to, handler by handler.
+    async fn run_all(
+        &self,
+        handlers: &[Arc<dyn Handler>],
+        events: &[Event],
+        records: &[Record],
+        stop: &CancellationToken,
+    ) -> Result<(), Abandoned> {
         if events.is_empty() {
             return Ok(());
         }
-        let handlers = self.registry.snapshot(self.mode);
-        for handler in handlers.iter() {
+        for handler in handlers {
             let mine: Vec<&Event> = events
                 .iter()
-                .filter(|e| handler.manifest.subscribes_to(e.body.kind()))
+                .filter(|e| handler.subscribes_to(e.body.kind()))
                 .collect();
             if !mine.is_empty() {
-                self.run(handler, &mine, records, stop).await?;
+                self.run(handler.as_ref(), &mine, records, stop).await?;
             }
         }
         Ok(())
     }
 
-    /// Decode one record into its events. On error, the events decoded
-    /// before it (Stalwart batches) and the reason.
-    fn decode(&self, r: &Record) -> Result<Vec<Event>, (Vec<Event>, String)> {
-        let Some(value) = &r.value else {
-            return Err((vec![], "record has no value".into()));
-        };
-        let at =
-            |e: &dyn std::fmt::Display| format!("{}/{}@{}: {e}", r.topic, r.partition, r.offset);
-        let position = Position {
-            topic: r.topic.clone(),
-            partition: r.partition,
-            offset: r.offset,
-        };
-        if let Some((topic, own)) = &self.decoding.stalwart
-            && *topic == r.topic
-        {
-            let decoded = stalwart::decode(value).map_err(|e| (vec![], at(&e)))?;
-            if decoded.node_id == *own {
-                // Our own batch, echoed back by the topic.
-                return Ok(vec![]);
-            }
-            let ts = r.timestamp_ms.unwrap_or(0).max(0) as u64;
-            let events = decoded
-                .events
-                .into_iter()
-                .enumerate()
-                .map(|(i, body)| Event {
-                    id: format!("stwt-{}-{}-{}-{i}", decoded.node_id, r.partition, r.offset),
-                    origin: format!("stalwart:{}", decoded.node_id),
-                    ts,
-                    position: position.clone(),
-                    body,
-                })
-                .collect();
-            return match decoded.error {
-                None => Ok(events),
-                Some(e) => Err((events, at(&e))),
-            };
-        }
-        Event::from_json(value, position)
-            .map(|e| vec![e])
-            .map_err(|e| (vec![], at(&e)))
-    }
-
     /// Run one handler over its events of the batch, retrying as needed.
     async fn run(
         &self,
-        handler: &Loaded,
+        handler: &dyn Handler,
         events: &[&Event],
         records: &[Record],
         stop: &CancellationToken,
     ) -> Result<(), Abandoned> {
-        let name = handler.manifest.name.as_str();
-        let stats = self.registry.stats(name);
+        let name = handler.name();
+        let stats = handler.stats();
         let mut next = 0;
         let mut attempts = 0u32;
         // After a failed call of several events, go one event at a time
@@ -185,10 +205,7 @@ impl Dispatcher {
             let end = if single { next + 1 } else { events.len() };
             let chunk = &events[next..end];
             let started = Instant::now();
-            let result = self
-                .sandbox
-                .call(handler, chunk, self.effects.clone())
-                .await;
+            let result = handler.call(chunk).await;
             metrics::histogram!("herald_handler_call_seconds", "handler" => name.to_string())
                 .record(started.elapsed().as_secs_f64());
             let failure = match result {
@@ -276,12 +293,11 @@ impl Dispatcher {
             .iter()
             .find(|r| r.offset == event.position.offset && r.topic == event.position.topic)
             .expect("every event comes from a record of its batch");
-        let payload = match &self.decoding.stalwart {
+        let payload = if self.decoder.is_stalwart(&original.topic) {
             // One event of a Stalwart batch: keep that event, readable.
-            Some((topic, _)) if *topic == original.topic => {
-                event.to_json().to_string().into_bytes()
-            }
-            _ => original.value.clone().unwrap_or_default(),
+            event.to_json().to_string().into_bytes()
+        } else {
+            original.value.clone().unwrap_or_default()
         };
         DeadLetter {
             original,
@@ -289,16 +305,21 @@ impl Dispatcher {
             error,
             attempts,
             payload,
+            payload_dropped: None,
         }
     }
 
-    /// Send a dead letter, retrying until the broker has it: the record must
-    /// not be committed before.
+    /// Send a dead letter; the record is not committed before. While the
+    /// broker is away the partition waits and tries again. A letter the
+    /// broker refuses as it is (too large) goes again without its payload,
+    /// a header saying so; should even that be refused, it is logged and
+    /// counted as lost, and the partition moves on: no record may stop it.
     async fn dead_letter(
         &self,
-        letter: DeadLetter<'_>,
+        mut letter: DeadLetter<'_>,
         stop: &CancellationToken,
     ) -> Result<(), Abandoned> {
+        letter.error = crate::bounded::reason(letter.error);
         tracing::warn!(topic = %letter.original.topic, partition = letter.original.partition,
             offset = letter.original.offset, handler = letter.handler.unwrap_or("-"),
             error = %letter.error, "dead-lettering");
@@ -310,10 +331,24 @@ impl Dispatcher {
                 error: letter.error.clone(),
                 attempts: letter.attempts,
                 payload: letter.payload.clone(),
+                payload_dropped: letter.payload_dropped,
             };
             match self.dead_letters.send(again).await {
                 Ok(()) => return Ok(()),
-                Err(e) => {
+                Err(SinkError::Refused(e)) if letter.payload_dropped.is_none() => {
+                    tracing::warn!(error = %e, bytes = letter.payload.len(),
+                        "the dead-letter topic refused the letter; sending it without its payload");
+                    letter.payload_dropped = Some(letter.payload.len());
+                    letter.payload = Vec::new();
+                }
+                Err(SinkError::Refused(e)) => {
+                    let o = letter.original;
+                    tracing::error!(topic = %o.topic, partition = o.partition, offset = o.offset,
+                        error = %e, "the dead-letter topic refused even the bare letter; it is lost");
+                    metrics::counter!("herald_dead_letters_lost_total").increment(1);
+                    return Ok(());
+                }
+                Err(SinkError::Transient(e)) => {
                     attempt += 1;
                     tracing::error!(error = %e, attempt, "cannot write to the dead-letter topic; the partition waits");
                     tokio::select! {
@@ -330,3 +365,6 @@ fn count(name: &'static str, handler: &str, stat: &AtomicU64) {
     stat.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(name, "handler" => handler.to_string()).increment(1);
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,6 @@
-//! What the certificate handler verifies before installing anything: the
+//! Certificate checks (feature `x509`): what the built-in certificate
+//! handler verifies before it asks for an install, and what the node's
+//! certificate store verifies again before it installs anything: the
 //! PEM chain parses (the first certificate is the leaf), the private key
 //! belongs to the leaf, the leaf is valid now, and its names cover every
 //! requested domain. Each failure is a sentence saying what is wrong.

@@ -1,0 +1,214 @@
+//! What the node refuses to block, whatever a handler or an event says.
+//!
+//! A block reaches every node of the cluster, so one wrong or hostile event
+//! could cut a whole mail cluster off from its users, its peers or its
+//! broker. The store therefore checks every network itself, after any
+//! handler did: it never blocks addresses that cannot be a client
+//! (unspecified, loopback, link-local, multicast, broadcast), the node's own
+//! addresses, the brokers', or the deployer's `blocklist.protect` list, and
+//! never a network wider than `blocklist.minPrefixV4` / `minPrefixV6`. An
+//! IPv4-mapped IPv6 network (`::ffff:a.b.c.d/n`) is judged as the IPv4
+//! network it stands for. Unblocking is never refused.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// The blocklist's limits (`blocklist` in the config).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The shortest IPv4 prefix that may be blocked (default 16).
+    pub min_prefix_v4: u8,
+    /// The shortest IPv6 prefix that may be blocked (default 32).
+    pub min_prefix_v6: u8,
+    /// Networks never blocked, each with why (the deployer's list, the
+    /// node's own addresses, the brokers').
+    pub protect: Vec<(IpNet, String)>,
+    /// The most entries the blocklist holds (default 100 000).
+    pub max_entries: usize,
+    /// The longest reason kept, in bytes; longer ones are cut (default 256).
+    pub max_reason: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            min_prefix_v4: 16,
+            min_prefix_v6: 32,
+            protect: Vec::new(),
+            max_entries: 100_000,
+            max_reason: 256,
+        }
+    }
+}
+
+/// Why a network was refused. Every case is the node's policy: asking
+/// again with the same network never works.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("refusing to block {network}: it covers {what} ({range})")]
+    Protected {
+        network: String,
+        what: String,
+        range: IpNet,
+    },
+    #[error(
+        "refusing to block {network}: a /{prefix} is wider than the blocklist allows \
+         (blocklist.{setting} = {min})"
+    )]
+    TooWide {
+        network: String,
+        prefix: u8,
+        min: u8,
+        setting: &'static str,
+    },
+    #[error("refusing to block {network}: the blocklist is full (blocklist.maxEntries = {max})")]
+    Full { network: String, max: usize },
+}
+
+/// Ranges no client ever comes from.
+fn reserved() -> [(IpNet, &'static str); 9] {
+    let v4 = |a, b, c, d, p| IpNet::V4(Ipv4Net::new(Ipv4Addr::new(a, b, c, d), p).unwrap());
+    let v6 = |addr: Ipv6Addr, p| IpNet::V6(Ipv6Net::new(addr, p).unwrap());
+    [
+        (v4(0, 0, 0, 0, 8), "the unspecified / this-network range"),
+        (v4(127, 0, 0, 0, 8), "loopback"),
+        (v4(169, 254, 0, 0, 16), "link-local addresses"),
+        (v4(224, 0, 0, 0, 4), "multicast"),
+        (v4(255, 255, 255, 255, 32), "the broadcast address"),
+        (v6(Ipv6Addr::UNSPECIFIED, 128), "the unspecified address"),
+        (v6(Ipv6Addr::LOCALHOST, 128), "loopback"),
+        (
+            v6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+            "link-local addresses",
+        ),
+        (
+            v6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
+            "multicast",
+        ),
+    ]
+}
+
+/// Whether either network contains the other.
+fn overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// An IPv4-mapped IPv6 network as the IPv4 network it stands for.
+fn unmapped(net: &IpNet) -> Option<IpNet> {
+    let IpNet::V6(v6) = net else { return None };
+    let v4 = v6.addr().to_ipv4_mapped()?;
+    let prefix = v6.prefix_len().checked_sub(96)?;
+    Some(IpNet::V4(Ipv4Net::new(v4, prefix).ok()?))
+}
+
+impl Policy {
+    /// Whether `net` (canonical, host bits clear) may be blocked.
+    pub fn check(&self, text: &str, net: &IpNet) -> Result<(), Refusal> {
+        let judged = unmapped(net).unwrap_or(*net);
+        let (min, setting) = match judged {
+            IpNet::V4(_) => (self.min_prefix_v4, "minPrefixV4"),
+            IpNet::V6(_) => (self.min_prefix_v6, "minPrefixV6"),
+        };
+        let protected = reserved()
+            .into_iter()
+            .map(|(range, what)| (range, what.to_string()))
+            .chain(self.protect.iter().cloned());
+        for (range, what) in protected {
+            if overlap(&judged, &range) || overlap(net, &range) {
+                return Err(Refusal::Protected {
+                    network: text.to_string(),
+                    what,
+                    range,
+                });
+            }
+        }
+        if judged.prefix_len() < min {
+            return Err(Refusal::TooWide {
+                network: text.to_string(),
+                prefix: judged.prefix_len(),
+                min,
+                setting,
+            });
+        }
+        Ok(())
+    }
+
+    /// Protect `addr` (one of the node's own, or a broker's) as `what`.
+    pub fn protect_address(&mut self, addr: IpAddr, what: &str) {
+        let net = IpNet::from(addr);
+        if !self.protect.iter().any(|(n, _)| *n == net) {
+            self.protect.push((net, what.to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(policy: &Policy, network: &str) -> Result<(), Refusal> {
+        let net: IpNet = network
+            .parse()
+            .or_else(|_| network.parse::<IpAddr>().map(IpNet::from))
+            .unwrap();
+        policy.check(network, &net)
+    }
+
+    #[test]
+    fn refuses_what_no_client_is_and_what_is_too_wide() {
+        let p = Policy::default();
+        for bad in [
+            "0.0.0.0/0",
+            "::/0",
+            "0.0.0.0",
+            "127.0.0.1",
+            "127.0.0.0/8",
+            "169.254.1.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:0:0/96",
+            "128.0.0.0/1",
+            "64.0.0.0/3",
+            "126.0.0.0/8",
+            "10.0.0.0/8",
+            "2001:db8::/16",
+        ] {
+            assert!(check(&p, bad).is_err(), "{bad} must be refused");
+        }
+        for good in [
+            "203.0.113.7",
+            "198.51.100.0/24",
+            "10.1.0.0/16",
+            "2001:db8::/32",
+            "2001:db8::1",
+            "::ffff:203.0.113.7",
+        ] {
+            assert_eq!(check(&p, good), Ok(()), "{good}");
+        }
+    }
+
+    #[test]
+    fn protects_the_configured_networks_and_the_nodes_own_addresses() {
+        let mut p = Policy {
+            protect: vec![("192.0.2.0/24".parse().unwrap(), "blocklist.protect".into())],
+            ..Policy::default()
+        };
+        p.protect_address("198.51.100.10".parse().unwrap(), "this node's address");
+        let err = check(&p, "192.0.2.55").unwrap_err().to_string();
+        assert!(err.contains("blocklist.protect"), "{err}");
+        let err = check(&p, "198.51.100.0/24").unwrap_err().to_string();
+        assert!(err.contains("this node's address"), "{err}");
+        assert_eq!(check(&p, "198.51.100.11"), Ok(()));
+        // Operators may lower the minimum prefix.
+        let wide = Policy {
+            min_prefix_v4: 8,
+            ..Policy::default()
+        };
+        assert_eq!(check(&wide, "11.0.0.0/8"), Ok(()));
+    }
+}

@@ -1,0 +1,141 @@
+//! The JSON envelope around a body: reading it strictly (version, id,
+//! lengths), writing it, and what a client may leave out when it submits an
+//! event.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::*;
+
+/// The envelope exactly as it travels.
+#[derive(Serialize)]
+struct Envelope {
+    v: u32,
+    id: String,
+    kind: String,
+    origin: String,
+    ts: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    hops: u32,
+    body: Value,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The envelope as read: the body stays raw text until the kind is known.
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    v: u32,
+    id: String,
+    kind: std::borrow::Cow<'a, str>,
+    origin: String,
+    ts: u64,
+    #[serde(default)]
+    hops: u32,
+    #[serde(default, borrow)]
+    body: Option<&'a serde_json::value::RawValue>,
+}
+
+/// Why bytes are not an event. The message names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl Event {
+    /// Parse the JSON envelope. `position` is where the bytes were found.
+    pub fn from_json(bytes: &[u8], position: Position) -> Result<Event, DecodeError> {
+        let env: RawEnvelope =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError(format!("envelope: {e}")))?;
+        if env.v != ENVELOPE_VERSION {
+            return Err(DecodeError(format!(
+                "envelope: field `v` is {}, this node reads version {ENVELOPE_VERSION}",
+                env.v
+            )));
+        }
+        if env.id.is_empty() {
+            return Err(DecodeError("envelope: field `id` is empty".into()));
+        }
+        // Ids and origins end up in logs, headers, file lines and derived
+        // ids: a sender does not get to make them arbitrarily long.
+        for (field, value) in [("id", &env.id), ("origin", &env.origin)] {
+            if value.len() > MAX_ID_LEN {
+                return Err(DecodeError(format!(
+                    "envelope: field `{field}` is {} bytes long, at most {MAX_ID_LEN} are allowed",
+                    value.len()
+                )));
+            }
+        }
+        if env.kind.len() > MAX_ID_LEN {
+            return Err(DecodeError(format!(
+                "envelope: field `kind` is {} bytes long; no kind is longer than {MAX_ID_LEN}",
+                env.kind.len()
+            )));
+        }
+        let body = match env.body.map(|b| b.get()) {
+            None | Some("null") => "{}",
+            Some(text) => text,
+        };
+        let body = Body::from_json_str(&env.kind, body).map_err(DecodeError)?;
+        Ok(Event {
+            id: env.id,
+            origin: env.origin,
+            ts: env.ts,
+            hops: env.hops,
+            position,
+            body,
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(Envelope {
+            v: ENVELOPE_VERSION,
+            id: self.id.clone(),
+            kind: self.body.kind().to_string(),
+            origin: self.origin.clone(),
+            ts: self.ts,
+            hops: self.hops,
+            body: self.body.to_json(),
+        })
+        .expect("envelopes always serialise")
+    }
+
+    /// An event submitted by a client (`herald publish`, the local API) in
+    /// the public JSON form; `v`, `id`, `origin` and `ts` may be left out and
+    /// are filled in as for an event this node publishes.
+    pub fn from_submitted(text: &str, origin: &str) -> Result<Event, DecodeError> {
+        let mut v: Value =
+            serde_json::from_str(text).map_err(|e| DecodeError(format!("not JSON: {e}")))?;
+        let obj = v.as_object_mut().ok_or_else(|| {
+            DecodeError("an event is a JSON object: {\"kind\":...,\"body\":{...}}".into())
+        })?;
+        obj.entry("v").or_insert(ENVELOPE_VERSION.into());
+        obj.entry("id")
+            .or_insert(uuid::Uuid::now_v7().to_string().into());
+        obj.entry("origin").or_insert(origin.into());
+        obj.entry("ts").or_insert(now_ms().into());
+        Event::from_json(v.to_string().as_bytes(), Position::default())
+    }
+
+    /// A new event published by this node now.
+    pub fn new(origin: &str, body: Body) -> Event {
+        Event {
+            id: uuid::Uuid::now_v7().to_string(),
+            origin: origin.to_string(),
+            ts: now_ms(),
+            hops: 0,
+            position: Position::default(),
+            body,
+        }
+    }
+}
