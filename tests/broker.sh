@@ -45,7 +45,7 @@ run() {
         sleep 0.05
     done
     echo "tests/broker.sh: nisshi $VERSION on 127.0.0.1:$port (log: $log)" >&2
-    HERALD_TEST_BROKER="127.0.0.1:$port" "$@"
+    HERALD_TEST_BROKER="127.0.0.1:$port" HERALD_NISSHI="$BIN" "$@"
 }
 
 case "${1:-}" in

@@ -1,9 +1,10 @@
 //! The `herald` binary: the node service and the operator's tools.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +36,16 @@ enum Command {
         config: PathBuf,
         event: PathBuf,
     },
+    /// Show a running node's state: readiness, groups and lag, handlers,
+    /// dead letters of the last hour, blocklist, certificates. Exits 1 when
+    /// the node is not ready.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the API's JSON instead, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -44,6 +55,10 @@ enum Command {
     /// Read and write Stalwart v0.16 coordination records (topic stwt.agora).
     #[command(subcommand)]
     Stalwart(StalwartCmd),
+    /// Print the shell completion script for bash, zsh or fish (also elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page, herald(1), in roff.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +132,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish { config, event } => {
             herald::cli::node::publish(&config, &event, &mut stdout).await?
         }
+        Command::Status { config, json } => {
+            if !herald::cli::status::status(&config, json, &mut stdout).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Config(ConfigCmd::Check { file }) => {
             herald::cli::config::check(&file, &mut stdout)?
         }
@@ -149,6 +169,117 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stalwart(StalwartCmd::Encode) => {
             herald::cli::stalwart::encode_cmd(&mut std::io::stdin().lock(), &mut stdout)?;
         }
+        Command::Completions { shell } => {
+            // Through a buffer: `generate` panics when a write fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "herald", &mut script);
+            stdout.write_all(&script)?;
+        }
+        Command::Man => man_page(&mut stdout)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// herald(1), from the CLI definition: clap_mangen's sections, then every
+/// command however deep (in this one page, not in herald-<command>(1) pages).
+fn man_page(out: &mut dyn Write) -> std::io::Result<()> {
+    let mut cli = Cli::command();
+    cli.build();
+    let man = clap_mangen::Man::new(cli.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    writeln!(out, ".SH COMMANDS")?;
+    man_commands(&cli, out)?;
+    man.render_version_section(out)
+}
+
+fn man_commands(cmd: &clap::Command, out: &mut dyn Write) -> std::io::Result<()> {
+    // roff: `-` is a hyphen unless escaped, `\` starts an escape, a line
+    // starting with `.` or `'` is a request.
+    let roff = |s: &str| {
+        let s = s.replace('\\', "\\e").replace('-', "\\-");
+        if s.starts_with(['.', '\'']) {
+            format!("\\&{s}")
+        } else {
+            s
+        }
+    };
+    let subs = cmd.get_subcommands();
+    for sub in subs.filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        if sub.has_subcommands() {
+            man_commands(sub, out)?;
+            continue;
+        }
+        let name = sub.get_bin_name().unwrap_or(sub.get_name());
+        let usage = sub.clone().render_usage().to_string();
+        let args = usage.trim_start_matches("Usage: ").trim_start_matches(name);
+        writeln!(out, ".TP\n\\fB{}\\fR{}", roff(name), roff(args))?;
+        if let Some(about) = sub.get_long_about().or(sub.get_about()) {
+            for line in about.to_string().lines() {
+                writeln!(out, "{}", roff(line))?;
+            }
+        }
+        for arg in sub.get_arguments() {
+            let (Some(long), Some(help)) = (arg.get_long(), arg.get_help()) else {
+                continue;
+            };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            writeln!(
+                out,
+                ".br\n\\fB\\-\\-{}\\fR: {}",
+                roff(long),
+                roff(&help.to_string())
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_page_describes_every_command() {
+        let mut page = Vec::new();
+        man_page(&mut page).unwrap();
+        let page = String::from_utf8(page).unwrap();
+        assert!(
+            page.starts_with(".ie") && page.contains(".TH herald 1"),
+            "{page}"
+        );
+        for command in ["herald run", "herald handler reload", "herald config check"] {
+            assert!(
+                page.contains(&format!("\\fB{command}\\fR")),
+                "{command}: {page}"
+            );
+        }
+    }
+
+    #[test]
+    fn completions_know_the_commands() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "herald", &mut script);
+            let script = String::from_utf8(script).unwrap();
+            assert!(
+                script.contains("handler") && script.contains("reload"),
+                "{shell}"
+            );
+        }
+    }
 }

@@ -5,7 +5,9 @@
 //!    plain rdkafka consumer reading the same topic on the same broker in the
 //!    same run; the ratio is what to read;
 //! 2. latency: p50/p99 from publish to handled (the mailbox handler's IDLE
-//!    wake-up) at a fixed publish rate.
+//!    wake-up) at a fixed publish rate;
+//! 3. memory: the resident memory of a `herald run` process with the four
+//!    built-in handlers, idle after 100 000 events (target: 64 MiB).
 //!
 //! The node runs in-process (the same `Node` that `herald run` starts) so
 //! that the bench can watch its effects as they happen.
@@ -29,7 +31,8 @@ const ROUNDS: usize = 3;
 const PARTITIONS: i32 = 4;
 
 fn ip(i: u32) -> String {
-    format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)
+    // The benchmarking range (RFC 2544): never a node's own address.
+    format!("198.{}.{}.{}", 18 + i / 65536, (i / 256) % 256, i % 256)
 }
 
 /// A plain consumer of the topic; with `decode`, it also parses each record
@@ -233,6 +236,96 @@ async fn latency() {
     }
 }
 
+/// RSS of a real `herald run` with the four built-in handlers after
+/// 100 000 events (blocks and unblocks of 1 000 addresses, state changes,
+/// and a certificate now and then), once it has been idle a few seconds.
+async fn memory() {
+    const N: u32 = 100_000;
+    let c = TestCluster::new(
+        "bench-memory",
+        PARTITIONS,
+        &[
+            Install::builtin("mailbox"),
+            Install::builtin("push"),
+            Install::builtin("blocking"),
+            Install::builtin("certificate"),
+        ],
+    )
+    .await;
+    let mut node = c.start("memory");
+    let group = c.broadcast_group("memory");
+    node.wait_assigned(&group);
+    let started_rss = node.rss_kib();
+    let fixture = |n: &str| {
+        std::fs::read_to_string(
+            herald_tests::root()
+                .join("handlers/certificate/tests/fixtures")
+                .join(n),
+        )
+        .unwrap()
+    };
+    let (chain, key) = (fixture("ec.crt"), fixture("ec.key"));
+    for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
+        let events: Vec<_> = chunk
+            .iter()
+            .map(|&i| match i % 10 {
+                0..=3 => {
+                    let action = if (i / 1000) % 2 == 0 {
+                        "block"
+                    } else {
+                        "unblock"
+                    };
+                    let ip = ip(i % 1000);
+                    (ip.clone(), ip_block(&format!("m{i}"), &ip, action, "bench"))
+                }
+                9 if i % 1000 == 9 => (
+                    "domain:mail.example.com".to_string(),
+                    json!({"v":1,"id":format!("c{i}"),"kind":"tls-certificate","origin":"bench",
+                        "ts":1,"body":{"domains":["mail.example.com"],"certificatePem":chain,
+                        "privateKeyPem":key,"notAfter":1}}),
+                ),
+                _ => (
+                    format!("account:{}", i % 500),
+                    json!({"v":1,"id":format!("s{i}"),"kind":"state-change","origin":"bench",
+                        "ts":1,"body":{"accountId": i % 500,"changeId": i,"types":["Email"]}}),
+                ),
+            })
+            .collect();
+        c.publish_all(&events).await;
+    }
+    let handled = Instant::now();
+    while (0..PARTITIONS)
+        .map(|p| c.committed(&group, p).unwrap_or(0))
+        .sum::<i64>()
+        < N as i64
+    {
+        assert!(
+            handled.elapsed() < Duration::from_secs(600),
+            "the node fell behind"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (idle, peak) = (node.rss_kib(), node.peak_rss_kib());
+    println!("\nmemory of `herald run` with the four built-in handlers\n");
+    println!(
+        "{:<44} {:>9.1} MiB",
+        "resident after start-up",
+        started_rss as f64 / 1024.0
+    );
+    println!(
+        "{:<44} {:>9.1} MiB  (target <= 64)",
+        "resident, idle after 100 000 events",
+        idle as f64 / 1024.0
+    );
+    println!(
+        "{:<44} {:>9.1} MiB",
+        "peak while handling them",
+        peak as f64 / 1024.0
+    );
+    assert!(node.terminate().success());
+}
+
 #[tokio::main]
 async fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -241,5 +334,8 @@ async fn main() {
     }
     if filter.as_deref().is_none_or(|f| "latency".contains(f)) {
         latency().await;
+    }
+    if filter.as_deref().is_none_or(|f| "memory".contains(f)) {
+        memory().await;
     }
 }

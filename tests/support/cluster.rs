@@ -109,7 +109,16 @@ impl TestCluster {
     /// A topic with `partitions` partitions (and its dead-letter topic) and
     /// a handler folder with `handlers`.
     pub async fn new(name: &str, partitions: i32, handlers: &[Install<'_>]) -> TestCluster {
-        let broker = broker();
+        TestCluster::on_broker(broker(), name, partitions, handlers).await
+    }
+
+    /// [`TestCluster::new`] on another broker than the shared test broker.
+    pub async fn on_broker(
+        broker: String,
+        name: &str,
+        partitions: i32,
+        handlers: &[Install<'_>],
+    ) -> TestCluster {
         let topic = unique(name);
         let group = unique(&format!("{name}-group"));
         let mut dir = tempfile::Builder::new()
@@ -246,7 +255,12 @@ impl TestCluster {
 
     /// Start `herald run` for `node`.
     pub fn start(&self, node: &str) -> NodeProcess {
-        NodeProcess::spawn(node, &self.config(node), &self.dir.path().join(node))
+        self.start_with_env(node, &[])
+    }
+
+    /// [`TestCluster::start`] with extra environment variables.
+    pub fn start_with_env(&self, node: &str, env: &[(&str, &str)]) -> NodeProcess {
+        NodeProcess::spawn(node, &self.config(node), &self.dir.path().join(node), env)
     }
 
     /// Publish raw bytes to `topic`, unkeyed (junk, Stalwart batches).
@@ -345,11 +359,12 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    fn spawn(node: &str, config: &Path, state: &Path) -> NodeProcess {
+    fn spawn(node: &str, config: &Path, state: &Path, env: &[(&str, &str)]) -> NodeProcess {
         let log = state.with_extension(format!("log.{}", unique("run")));
         let mut child = Command::new(herald_bin())
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("HERALD_LOG", "info,herald::dispatch=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -439,13 +454,22 @@ impl NodeProcess {
 
     /// The process's peak resident memory so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmHWM:")
+    }
+
+    /// The process's resident memory now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmRSS:")
+    }
+
+    fn proc_status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("the node is running");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/<pid>/status")
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"))
     }
 
     /// The node's log so far.

@@ -14,6 +14,7 @@
 //! | GET | `/v1/blocklist/{ip}` | whether an address is blocked, and by which entry |
 //! | GET | `/v1/certificates/{domain}` | the current certificate (chain and key) for a domain |
 //! | GET | `/v1/handlers` | loaded handlers: version, mode, subscriptions, counters |
+//! | GET | `/v1/status` | readiness, groups with lag, handler counters, dead letters, blocklist, certificates |
 //! | POST | `/v1/handlers/reload` | re-read the handler folder now |
 //! | POST | `/v1/stalwart/events` | publish events on Stalwart's topic, in its v0.16 format |
 
@@ -54,8 +55,10 @@ pub struct ApiState {
     pub certificates: Arc<CertStore>,
     pub notices: Arc<Hub>,
     pub producer: Arc<Producer>,
-    /// Each delivery mode's group consumer, for readiness.
-    pub groups: [(&'static str, Arc<consumer::Status>); 2],
+    /// Each delivery mode's group (mode, group id, consumer status).
+    pub groups: [(&'static str, String, Arc<consumer::Status>); 2],
+    /// Dead letters written lately.
+    pub recent_letters: Arc<crate::dispatch::RecentLetters>,
     /// The Prometheus recorder's handle, when this process installed one.
     pub metrics: Option<PrometheusHandle>,
 }
@@ -119,6 +122,7 @@ fn router(api: Api) -> Router {
         .route("/v1/blocklist/{ip}", get(blocklist_check))
         .route("/v1/certificates/{domain}", get(certificate))
         .route("/v1/handlers", get(handlers))
+        .route("/v1/status", get(status))
         .route("/v1/handlers/reload", post(reload))
         .route("/v1/stalwart/events", post(stalwart_publish))
         .layer(middleware::from_fn_with_state(api.clone(), authorise));
@@ -212,17 +216,19 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn ready(State(api): State<Api>) -> Response {
     let handlers = api.registry.all().len();
+    let now = now_ms();
     let groups: Vec<_> = api
         .groups
         .iter()
-        .filter(|(_, s)| s.running.load(Ordering::Relaxed))
-        .map(|(mode, s)| {
-            json!({"mode": mode, "joined": s.joined.load(Ordering::Relaxed),
+        .filter(|(_, _, s)| s.running.load(Ordering::Relaxed))
+        .map(|(mode, _, s)| {
+            json!({"mode": mode, "ready": s.ready(now),
+                   "joined": s.joined.load(Ordering::Relaxed),
+                   "brokerReachable": s.broker_reachable(),
                    "partitions": s.assigned.load(Ordering::Relaxed)})
         })
         .collect();
-    let ready =
-        handlers > 0 && !groups.is_empty() && groups.iter().all(|g| g["joined"] == json!(true));
+    let ready = handlers > 0 && consumer::all_ready(api.groups.iter().map(|(_, _, s)| &**s), now);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -233,6 +239,59 @@ async fn ready(State(api): State<Api>) -> Response {
         Json(json!({"ready": ready, "handlers": handlers, "groups": groups})),
     )
         .into_response()
+}
+
+/// Everything `herald status` shows, in one answer.
+async fn status(State(api): State<Api>) -> Response {
+    let now = now_ms();
+    let groups: Vec<_> = api
+        .groups
+        .iter()
+        .map(|(mode, group, s)| {
+            let lag = s.lag.lock().unwrap().clone();
+            let partitions: Vec<_> = lag
+                .iter()
+                .map(|((topic, partition), lag)| json!({"topic": topic, "partition": partition, "lag": lag}))
+                .collect();
+            json!({"mode": mode, "group": group,
+                   "running": s.running.load(Ordering::Relaxed),
+                   "joined": s.joined.load(Ordering::Relaxed),
+                   "brokerReachable": s.broker_reachable(),
+                   "ready": s.ready(now),
+                   "assigned": s.assigned.load(Ordering::Relaxed),
+                   "partitions": partitions})
+        })
+        .collect();
+    let handlers: Vec<_> = api
+        .registry
+        .all()
+        .iter()
+        .map(|h| {
+            json!({"name": h.manifest.name, "mode": h.manifest.mode,
+                   "counters": api.registry.stats(&h.manifest.name).snapshot()})
+        })
+        .collect();
+    let certificates: Vec<_> = api
+        .certificates
+        .list()
+        .into_iter()
+        .map(|(domain, not_after)| {
+            let days = (not_after as i64 - now as i64).div_euclid(86_400_000);
+            json!({"domain": domain, "notAfter": not_after, "daysLeft": days})
+        })
+        .collect();
+    let ready =
+        !handlers.is_empty() && consumer::all_ready(api.groups.iter().map(|(_, _, s)| &**s), now);
+    Json(json!({
+        "node": api.node_id,
+        "ready": ready,
+        "groups": groups,
+        "handlers": handlers,
+        "deadLettersLastHour": api.recent_letters.last_hour(now),
+        "blocklist": {"entries": api.blocklist.len()},
+        "certificates": certificates,
+    }))
+    .into_response()
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
@@ -335,10 +394,18 @@ struct StalwartEvent {
 /// Publish events on Stalwart's topic as this node's Stalwart node id (the
 /// producer batches them as Stalwart does). The body is a JSON array of
 /// `{"kind", "body"}`.
-async fn stalwart_publish(
-    State(api): State<Api>,
-    Json(events): Json<Vec<StalwartEvent>>,
-) -> Response {
+async fn stalwart_publish(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    // JSON whatever the request's content type says: `curl -d` sends a
+    // form type, and the README's examples must work as written.
+    let events: Vec<StalwartEvent> = match serde_json::from_slice(&body) {
+        Ok(events) => events,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be a JSON array of {{\"kind\", \"body\"}}: {e}"),
+            );
+        }
+    };
     let mut bodies = Vec::with_capacity(events.len());
     for (i, e) in events.into_iter().enumerate() {
         match crate::event::Body::from_json(&e.kind, e.body) {

@@ -92,16 +92,22 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
     println!("  node state:             {}", state.path().display());
     let node = Arc::new(Node::open(config)?.with_metrics(super::node::install_metrics()?));
     for h in node.registry().all() {
+        let kinds: Vec<&str> = h.manifest.subscribe.iter().map(String::as_str).collect();
+        let mode = match h.manifest.mode {
+            crate::manifest::Mode::Broadcast => "broadcast",
+            crate::manifest::Mode::Shared => "shared",
+        };
         println!(
-            "  handler {:<12} {:?}, subscribes to {:?}",
-            h.manifest.name, h.manifest.mode, h.manifest.subscribe
+            "  handler {:<12} {mode}, subscribes to {}",
+            h.manifest.name,
+            kinds.join(", ")
         );
     }
 
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
     let running = tokio::spawn(node.clone().run(shutdown.clone()));
-    spawn_dead_letter_viewer(&bootstrap, shutdown.clone())?;
+    let viewer = spawn_dead_letter_viewer(&bootstrap, shutdown.clone())?;
     let mut notices = node.notices().subscribe(None);
     tokio::spawn(async move {
         while let Ok(n) = notices.recv().await {
@@ -112,7 +118,10 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
             } = n
             {
                 let types: Vec<&str> = types.names().collect();
-                println!("  IDLE wake-up: account {account_id} change {change_id} {types:?}");
+                println!(
+                    "  IDLE wake-up: account {account_id} change {change_id} ({})",
+                    types.join(", ")
+                );
             }
         }
     });
@@ -149,10 +158,14 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
         state.path().display()
     );
     for e in node.blocklist().list(now_ms()) {
-        println!(
-            "  {:<16} {} (expires {:?})",
-            e.network, e.reason, e.expires_at
-        );
+        let expires = match e.expires_at {
+            Some(ms) => {
+                let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+                format!("expires {}", humantime::format_rfc3339_seconds(at))
+            }
+            None => "no expiry".to_string(),
+        };
+        println!("  {:<16} {} ({expires})", e.network, e.reason);
     }
     println!(
         "\npublish more from another terminal while this runs, e.g.:\n  \
@@ -161,12 +174,19 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
         config_path.display()
     );
     running.await??;
+    // Every client closes before the embedded cluster goes, so that none of
+    // them reports the brokers gone.
+    drop(node);
+    viewer.await?;
     drop(mock);
     Ok(())
 }
 
 /// Print what lands on the dead-letter topic, with herald's headers.
-fn spawn_dead_letter_viewer(bootstrap: &str, stop: CancellationToken) -> anyhow::Result<()> {
+fn spawn_dead_letter_viewer(
+    bootstrap: &str,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "herald-demo-dlq-viewer")
@@ -174,7 +194,7 @@ fn spawn_dead_letter_viewer(bootstrap: &str, stop: CancellationToken) -> anyhow:
         .set("session.timeout.ms", "6000")
         .create()?;
     consumer.subscribe(&[&format!("{TOPIC}.dlq")])?;
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         loop {
             let m = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -195,6 +215,5 @@ fn spawn_dead_letter_viewer(bootstrap: &str, stop: CancellationToken) -> anyhow:
             }
             println!("{line}");
         }
-    });
-    Ok(())
+    }))
 }

@@ -5,3 +5,4 @@ pub mod demo;
 pub mod handler;
 pub mod node;
 pub mod stalwart;
+pub mod status;

@@ -104,6 +104,39 @@ pub struct Dispatcher {
     /// Events that took more handler publishes than this to come about are
     /// dead-lettered, not handled (`publish.maxHops`).
     pub max_hops: u32,
+    /// Where every dead letter written is counted.
+    pub recent: Arc<RecentLetters>,
+}
+
+/// Dead letters per minute over the last hour, for `herald status`.
+#[derive(Default)]
+pub struct RecentLetters {
+    /// (minute since the epoch, letters in it), newest last.
+    minutes: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
+}
+
+impl RecentLetters {
+    pub fn record(&self, now_ms: u64) {
+        let minute = now_ms / 60_000;
+        let mut m = self.minutes.lock().unwrap();
+        match m.back_mut() {
+            Some((last, n)) if *last == minute => *n += 1,
+            _ => m.push_back((minute, 1)),
+        }
+        while m.front().is_some_and(|(first, _)| *first + 60 <= minute) {
+            m.pop_front();
+        }
+    }
+
+    /// Letters written in the last 60 minutes.
+    pub fn last_hour(&self, now_ms: u64) -> u64 {
+        let minute = now_ms / 60_000;
+        let m = self.minutes.lock().unwrap();
+        m.iter()
+            .filter(|(at, _)| at + 60 > minute)
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 /// Default of `publish.maxHops`.
@@ -334,7 +367,10 @@ impl Dispatcher {
                 payload_dropped: letter.payload_dropped,
             };
             match self.dead_letters.send(again).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.recent.record(crate::event::now_ms());
+                    return Ok(());
+                }
                 Err(SinkError::Refused(e)) if letter.payload_dropped.is_none() => {
                     tracing::warn!(error = %e, bytes = letter.payload.len(),
                         "the dead-letter topic refused the letter; sending it without its payload");

@@ -114,6 +114,7 @@ fn dispatcher(handlers: Vec<Arc<Scripted>>, letters: Arc<Letters>, attempts: u32
         dead_letters: letters,
         decoder: Decoder::default(),
         max_hops: DEFAULT_MAX_HOPS,
+        recent: Default::default(),
     }
 }
 
@@ -365,6 +366,19 @@ async fn events_past_the_hop_limit_are_dead_lettered_not_handled() {
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].0, 1);
     assert!(kept[0].2.contains("publish.maxHops"), "{}", kept[0].2);
+}
+
+#[test]
+fn recent_letters_count_the_last_hour_only() {
+    let r = RecentLetters::default();
+    let hour = 3_600_000;
+    r.record(0);
+    r.record(1);
+    r.record(30 * 60_000);
+    assert_eq!(r.last_hour(30 * 60_000), 3);
+    assert_eq!(r.last_hour(hour + 60_000), 1);
+    r.record(2 * hour);
+    assert_eq!(r.last_hour(2 * hour), 1);
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@
 //! group.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,10 +50,59 @@ type Tp = (String, i32);
 pub struct Status {
     /// The group consumer is running.
     pub running: AtomicBool,
-    /// It has received its first assignment (possibly empty).
+    /// It has received an assignment (possibly empty) since it started.
     pub joined: AtomicBool,
     /// Partitions currently assigned to this consumer.
     pub assigned: AtomicUsize,
+    /// Unix ms since when no broker has been reachable; 0 while one is.
+    pub unreachable_since: AtomicU64,
+    /// The group's session timeout, in ms.
+    pub session_timeout_ms: AtomicU64,
+    /// Consumer lag per assigned partition, from librdkafka's statistics.
+    pub lag: Mutex<std::collections::BTreeMap<(String, i32), i64>>,
+}
+
+/// Whether a node is ready: at least one group running, and every running
+/// group [`Status::ready`]. `/readyz` and the systemd notification agree.
+pub fn all_ready<'a>(groups: impl IntoIterator<Item = &'a Status>, now_ms: u64) -> bool {
+    let mut any = false;
+    for g in groups {
+        if g.running.load(Ordering::Relaxed) {
+            any = true;
+            if !g.ready(now_ms) {
+                return false;
+            }
+        }
+    }
+    any
+}
+
+impl Status {
+    /// Ready: running, joined, and not cut off from the brokers for longer
+    /// than the session timeout (by then the group has moved on without
+    /// this node, and its IDLE and blocklist state is falling behind).
+    pub fn ready(&self, now_ms: u64) -> bool {
+        let since = self.unreachable_since.load(Ordering::Relaxed);
+        let away_too_long = since != 0
+            && now_ms.saturating_sub(since) > self.session_timeout_ms.load(Ordering::Relaxed);
+        self.running.load(Ordering::Relaxed)
+            && self.joined.load(Ordering::Relaxed)
+            && !away_too_long
+    }
+
+    /// Whether some broker answers (as of the last statistics).
+    pub fn broker_reachable(&self) -> bool {
+        self.unreachable_since.load(Ordering::Relaxed) == 0
+    }
+
+    fn mark_unreachable(&self) {
+        let _ = self.unreachable_since.compare_exchange(
+            0,
+            crate::event::now_ms().max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
 }
 
 pub struct Group {
@@ -93,8 +142,29 @@ struct Ctx {
 }
 
 impl ClientContext for Ctx {
-    /// librdkafka's statistics: consumer lag per partition, as metrics.
+    /// librdkafka's statistics: whether any broker is up (readiness), and
+    /// consumer lag per partition (metrics, `herald status`).
     fn stats(&self, stats: rdkafka::Statistics) {
+        let status = &self.shared.status;
+        // Bootstrap entries have node id -1; a known broker that is UP
+        // means the cluster answers.
+        if stats
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP")
+        {
+            status.unreachable_since.store(0, Ordering::Relaxed);
+        } else {
+            status.mark_unreachable();
+            let since = status.unreachable_since.load(Ordering::Relaxed);
+            let timeout = status.session_timeout_ms.load(Ordering::Relaxed);
+            if crate::event::now_ms().saturating_sub(since) > timeout {
+                // The group has evicted this member by now: it is joined
+                // again only by its next assignment.
+                status.joined.store(false, Ordering::Relaxed);
+            }
+        }
+        let mut lag = std::collections::BTreeMap::new();
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
@@ -103,7 +173,27 @@ impl ClientContext for Ctx {
                         "topic" => topic.clone(),
                         "partition" => partition.to_string())
                     .set(p.consumer_lag as f64);
+                    lag.insert((topic.clone(), *partition), p.consumer_lag);
                 }
+            }
+        }
+        *status.lag.lock().unwrap() = lag;
+    }
+
+    /// librdkafka's errors outside any request. Losing every broker is what
+    /// readiness watches; it is a warning, not an error of herald's.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        match error.rdkafka_error_code() {
+            Some(Code::AllBrokersDown) => {
+                self.shared.status.mark_unreachable();
+                tracing::warn!(group = %self.shared.group, %reason, "no broker is reachable");
+            }
+            Some(Code::BrokerTransportFailure) => {
+                tracing::debug!(group = %self.shared.group, %reason, "broker connection lost")
+            }
+            _ => {
+                tracing::warn!(group = %self.shared.group, error = %error, %reason, "kafka client error")
             }
         }
     }
@@ -131,10 +221,9 @@ impl ConsumerContext for Ctx {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 tracing::info!(group = %self.shared.group, partitions = ?tps, "partitions assigned");
-                self.shared
-                    .status
-                    .assigned
-                    .store(tps.len(), Ordering::Relaxed);
+                let status = &self.shared.status;
+                status.assigned.store(tps.len(), Ordering::Relaxed);
+                status.joined.store(true, Ordering::Relaxed);
                 *self.shared.assigned.lock().unwrap() = tps;
             }
             Rebalance::Revoke(_) => {
@@ -294,8 +383,8 @@ pub async fn run(
         client
             .set("group.id", &group.id)
             .set("enable.auto.commit", "false")
-            // For the consumer-lag metric.
-            .set("statistics.interval.ms", "5000")
+            // Broker reachability (readiness) and the consumer-lag metric.
+            .set("statistics.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             // A new node (or group) starts from the beginning and catches up.
             .set("auto.offset.reset", "earliest")
@@ -313,6 +402,10 @@ pub async fn run(
         .subscribe(&topics)
         .with_context(|| format!("cannot subscribe to {topics:?}"))?;
     tracing::info!(group = %group.id, topics = ?topics, "consuming");
+    shared
+        .status
+        .session_timeout_ms
+        .store(group.session_timeout.as_millis() as u64, Ordering::Relaxed);
     shared.status.running.store(true, Ordering::Relaxed);
 
     // Commits run beside the loop: making effects durable takes disk time
@@ -365,6 +458,8 @@ pub async fn run(
     shared.status.running.store(false, Ordering::Relaxed);
     shared.status.joined.store(false, Ordering::Relaxed);
     shared.status.assigned.store(0, Ordering::Relaxed);
+    shared.status.unreachable_since.store(0, Ordering::Relaxed);
+    shared.status.lag.lock().unwrap().clear();
     Ok(())
 }
 

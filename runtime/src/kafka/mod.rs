@@ -31,6 +31,19 @@ pub fn client_config(cfg: &Config, role: &str) -> ClientConfig {
     c
 }
 
+/// The producer's and admin's client context: librdkafka's own errors as
+/// warnings naming the client (its default logs every lost connection as
+/// an ERROR, even on an orderly shutdown of the cluster).
+pub struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(error = %error, %reason, "kafka client");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
 /// Kafka's default `group.min.session.timeout.ms`.
 const KAFKA_MIN_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 
@@ -74,11 +87,57 @@ async fn broker_min_session_timeout(cfg: &Config) -> Option<Duration> {
     Some(Duration::from_millis(ms))
 }
 
-/// Create `topics` if they do not exist (when the config asks herald to).
-pub async fn create_topics(cfg: &Config, topics: &[String]) -> anyhow::Result<()> {
-    let Some(create) = &cfg.topics.create else {
+/// Check that `topics` exist. Missing ones are created when `topics.create`
+/// is set; otherwise start-up fails, naming the topic and the setting. A
+/// broker that does not answer within 10 s is not a reason to refuse to
+/// start (the consumers wait for it): the check is skipped with a warning.
+pub async fn ensure_topics(cfg: &Config, topics: &[String]) -> anyhow::Result<()> {
+    // Asked through a consumer handle: a producer's (the admin client's)
+    // metadata request would make the broker create the topic it asks about.
+    let probe: rdkafka::consumer::BaseConsumer<Quiet> = client_config(cfg, "topic-check")
+        .set("allow.auto.create.topics", "false")
+        .create_with_context(Quiet)
+        .context("cannot create the Kafka client that checks the topics")?;
+    let mut missing = Vec::new();
+    for topic in topics {
+        let found = {
+            use rdkafka::consumer::Consumer;
+            let probe = &probe;
+            let topic = topic.clone();
+            tokio::task::block_in_place(move || {
+                probe.fetch_metadata(Some(&topic), Duration::from_secs(10))
+            })
+        };
+        match found {
+            Ok(m) => {
+                let exists = m.topics().iter().any(|t| {
+                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                });
+                if !exists {
+                    missing.push(topic.clone());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the brokers to check the topics; carrying on");
+                return Ok(());
+            }
+        }
+    }
+    if missing.is_empty() {
         return Ok(());
+    }
+    let Some(create) = &cfg.topics.create else {
+        anyhow::bail!(
+            "topic{} {} do{} not exist; create {} (see the README for the settings a production \
+             cluster wants), or set `topics.create` in the config to let herald create {}",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", "),
+            if missing.len() == 1 { "es" } else { "" },
+            if missing.len() == 1 { "it" } else { "them" },
+            if missing.len() == 1 { "it" } else { "them" },
+        );
     };
+    let topics = &missing;
     let admin: AdminClient<DefaultClientContext> = client_config(cfg, "admin")
         .create()
         .context("cannot create the Kafka admin client")?;

@@ -17,7 +17,7 @@ use crate::effects::node::Publisher;
 use crate::event::{Body, Event};
 
 pub struct Producer {
-    inner: FutureProducer,
+    inner: FutureProducer<super::Quiet>,
     events_topic: String,
     dead_letter_suffix: String,
     node_id: String,
@@ -59,7 +59,7 @@ pub struct Delivered {
 
 impl Producer {
     pub fn new(cfg: &Config) -> anyhow::Result<Producer> {
-        let inner: FutureProducer = super::client_config(cfg, "producer")
+        let inner: FutureProducer<super::Quiet> = super::client_config(cfg, "producer")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set(
@@ -67,7 +67,7 @@ impl Producer {
                 cfg.timeout_message.as_millis().to_string(),
             )
             .set("linger.ms", "2")
-            .create()
+            .create_with_context(super::Quiet)
             .context("cannot create the Kafka producer")?;
         Ok(Producer {
             inner,
