@@ -86,10 +86,11 @@ lint: setup
     cargo bench --workspace --no-run
 
 # Benchmarks; figures are ratios against baselines measured in the same run.
-bench: build
+# `just bench memory` (or throughput, latency) runs one end-to-end section.
+bench filter="": build
     tests/broker.sh install
-    cargo bench -p herald --bench sandbox
-    tests/broker.sh run cargo bench -p herald-tests --bench end_to_end
+    {{ if filter == "" { "cargo bench -p herald --bench sandbox" } else { "true" } }}
+    tests/broker.sh run cargo bench -p herald-tests --bench end_to_end -- {{ filter }}
 
 # Fuzz the Stalwart decoder (nightly; SECONDS=600 for a long run).
 fuzz seconds="60":

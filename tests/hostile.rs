@@ -175,15 +175,6 @@ async fn the_host_refuses_to_block_what_would_cut_the_cluster_off() {
     );
 }
 
-fn fixture(name: &str) -> String {
-    std::fs::read_to_string(
-        herald_tests::root()
-            .join("handlers/certificate/tests/fixtures")
-            .join(name),
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_for_a_domain_it_does_not_cover_is_refused_by_the_store() {
     let c = TestCluster::new(
@@ -198,11 +189,7 @@ async fn a_certificate_for_a_domain_it_does_not_cover_is_refused_by_the_store() 
     let mut node = c.start("a");
     let group = c.broadcast_group("a");
     node.wait_assigned(&group);
-    let cert = |id: &str| {
-        json!({"v":1,"id":id,"kind":"tls-certificate","origin":"test","ts":1,
-            "body":{"domains":["mail.example.com"],"certificatePem":fixture("ec.crt"),
-                    "privateKeyPem":fixture("ec.key"),"notAfter":1}})
-    };
+    let cert = |id: &str| herald_tests::ec_certificate(id, "ec.key");
     c.publish("domain:mail.example.com", &cert("first")).await;
     c.publish("domain:mail.example.com", &cert("again")).await;
     wait_until("both offsets committed", LONG, || {
@@ -272,10 +259,7 @@ async fn a_stalwart_record_of_a_million_events_is_refused_whole_in_bounded_memor
     let before = node.peak_rss_kib();
     // One-byte events (queue-refresh is its tag alone), just under 1 MB.
     let events = vec![herald::event::Body::QueueRefresh(herald::event::Empty {}); 990_000];
-    let record =
-        herald::codec::stalwart::encode(&herald::codec::stalwart::Record { node_id: 1, events })
-            .unwrap();
-    c.publish_bytes(&stwt, &record).await;
+    c.publish_stalwart(&stwt, 1, events).await;
     c.publish("k", &ip_block("after", AFTER, "block", "ok"))
         .await;
     wait_until("the events topic moved on", LONG, || {

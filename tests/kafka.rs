@@ -312,22 +312,13 @@ async fn herald_never_rebalances_the_mail_servers_own_group() {
     a.wait_assigned_all(&[c.broadcast_group("a"), c.shared_group()]);
 
     // The mail server's group still works, and herald still hears Stalwart.
-    let record = herald::codec::stalwart::encode(&herald::codec::stalwart::Record {
-        node_id: 1,
-        events: vec![herald::event::Body::QueueRefresh(herald::event::Empty {})],
-    })
-    .unwrap();
-    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &c.broker)
-        .create()
-        .unwrap();
-    producer
-        .send(
-            rdkafka::producer::FutureRecord::<(), _>::to(&stwt).payload(&record),
-            Duration::from_secs(10),
+    let record = c
+        .publish_stalwart(
+            &stwt,
+            1,
+            vec![herald::event::Body::QueueRefresh(herald::event::Empty {})],
         )
-        .await
-        .unwrap();
+        .await;
     let got = tokio::time::timeout(LONG, received.recv())
         .await
         .unwrap()

@@ -329,14 +329,7 @@ async fn the_blocklist_survives_a_restart_and_expiries_take_effect() {
     });
 }
 
-fn fixture(name: &str) -> String {
-    std::fs::read_to_string(
-        herald_tests::root()
-            .join("handlers/certificate/tests/fixtures")
-            .join(name),
-    )
-    .unwrap()
-}
+use herald_tests::cert_fixture as fixture;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificates_are_checked_stored_served_and_announced() {
@@ -344,11 +337,7 @@ async fn certificates_are_checked_stored_served_and_announced() {
     let mut node = c.start("a");
     node.wait_assigned(&c.broadcast_group("a"));
     let mut all = Stream::open(&mut node, "").await;
-    let cert = |id: &str, key: &str| {
-        json!({"v":1,"id":id,"kind":"tls-certificate","origin":"test","ts":1,
-            "body":{"domains":["mail.example.com"],"certificatePem":fixture("ec.crt"),
-                    "privateKeyPem":fixture(key),"notAfter":1}})
-    };
+    let cert = herald_tests::ec_certificate;
     c.publish("domain:mail.example.com", &cert("bad", "other.key"))
         .await;
     wait_until("the mismatch was rejected", LONG, || {
@@ -501,9 +490,10 @@ async fn a_stalwart_record_wakes_idle_and_herald_speaks_stalwart() {
     let mut five = Stream::open(&mut node, "?account=5").await;
 
     // A Stalwart node (id 1) publishes a record of the wire format's worked example.
-    let record = herald::codec::stalwart::encode(&herald::codec::stalwart::Record {
-        node_id: 1,
-        events: vec![herald::event::Body::StateChange(
+    c.publish_stalwart(
+        &stwt,
+        1,
+        vec![herald::event::Body::StateChange(
             herald::event::StateChange {
                 account_id: 5,
                 change_id: 300,
@@ -511,20 +501,8 @@ async fn a_stalwart_record_wakes_idle_and_herald_speaks_stalwart() {
                     .unwrap(),
             },
         )],
-    })
-    .unwrap();
-    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &c.broker)
-        .create()
-        .unwrap();
-    producer
-        .send(
-            rdkafka::producer::FutureRecord::<(), [u8]>::to(&stwt).payload(&record),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    )
+    .await;
     let (event, data) = five.next().await;
     assert_eq!(event, "state-change");
     assert_eq!(data["changeId"], 300);

@@ -226,19 +226,9 @@ async fn the_readmes_curl_commands_work_as_written() {
     node.wait_assigned(&c.broadcast_group("a"));
     let api = node.api();
     // The certificate the README asks for.
-    let fixture = |n: &str| {
-        std::fs::read_to_string(
-            herald_tests::root()
-                .join("handlers/certificate/tests/fixtures")
-                .join(n),
-        )
-        .unwrap()
-    };
     c.publish(
         "domain:mail.example.com",
-        &json!({"v":1,"id":"cert","kind":"tls-certificate","origin":"test","ts":1,
-            "body":{"domains":["mail.example.com"],"certificatePem":fixture("ec.crt"),
-                    "privateKeyPem":fixture("ec.key"),"notAfter":1}}),
+        &herald_tests::ec_certificate("cert", "ec.key"),
     )
     .await;
     c.publish("k", &ip_block("seen", "203.0.113.7", "block", "x"))
@@ -341,19 +331,9 @@ async fn herald_status_shows_what_an_operator_needs_first() {
     let mut node = c.start("a");
     let group = c.broadcast_group("a");
     node.wait_assigned(&group);
-    let fixture = |n: &str| {
-        std::fs::read_to_string(
-            herald_tests::root()
-                .join("handlers/certificate/tests/fixtures")
-                .join(n),
-        )
-        .unwrap()
-    };
     c.publish(
         "domain:mail.example.com",
-        &json!({"v":1,"id":"cert","kind":"tls-certificate","origin":"test","ts":1,
-            "body":{"domains":["mail.example.com"],"certificatePem":fixture("ec.crt"),
-                    "privateKeyPem":fixture("ec.key"),"notAfter":1}}),
+        &herald_tests::ec_certificate("cert", "ec.key"),
     )
     .await;
     c.publish("k", &ip_block("ok", "203.0.113.7", "block", "x"))

@@ -198,7 +198,7 @@ async fn an_ungranted_capability_is_refused_at_load() {
     let sb = sandbox(&dir);
     let wasm = handler("fixtures/ungranted");
     let err = format!("{:#}", sb.load_file(&wasm).err().expect("must be refused"));
-    assert!(err.contains("herald:coordination/push@0.1.0"), "{err}");
+    assert!(err.contains("herald:coordination/push@0.2.0"), "{err}");
     assert!(err.contains("does not grant"), "{err}");
     // The same component loads once the deployer grants the capability.
     let granted = Manifest::parse(

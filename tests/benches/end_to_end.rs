@@ -256,15 +256,7 @@ async fn memory() {
     let group = c.broadcast_group("memory");
     node.wait_assigned(&group);
     let started_rss = node.rss_kib();
-    let fixture = |n: &str| {
-        std::fs::read_to_string(
-            herald_tests::root()
-                .join("handlers/certificate/tests/fixtures")
-                .join(n),
-        )
-        .unwrap()
-    };
-    let (chain, key) = (fixture("ec.crt"), fixture("ec.key"));
+    let certificate = herald_tests::ec_certificate("c", "ec.key");
     for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
         let events: Vec<_> = chunk
             .iter()
@@ -278,12 +270,11 @@ async fn memory() {
                     let ip = ip(i % 1000);
                     (ip.clone(), ip_block(&format!("m{i}"), &ip, action, "bench"))
                 }
-                9 if i % 1000 == 9 => (
-                    "domain:mail.example.com".to_string(),
-                    json!({"v":1,"id":format!("c{i}"),"kind":"tls-certificate","origin":"bench",
-                        "ts":1,"body":{"domains":["mail.example.com"],"certificatePem":chain,
-                        "privateKeyPem":key,"notAfter":1}}),
-                ),
+                9 if i % 1000 == 9 => {
+                    let mut c = certificate.clone();
+                    c["id"] = format!("c{i}").into();
+                    ("domain:mail.example.com".to_string(), c)
+                }
                 _ => (
                     format!("account:{}", i % 500),
                     json!({"v":1,"id":format!("s{i}"),"kind":"state-change","origin":"bench",

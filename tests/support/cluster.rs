@@ -273,6 +273,21 @@ impl TestCluster {
             .expect("publish");
     }
 
+    /// Publish a Stalwart batch of `events` from Stalwart node `node_id` on
+    /// `topic`, as a Stalwart node would (no key).
+    pub async fn publish_stalwart(
+        &self,
+        topic: &str,
+        node_id: u16,
+        events: Vec<herald::event::Body>,
+    ) -> Vec<u8> {
+        let record =
+            herald::codec::stalwart::encode(&herald::codec::stalwart::Record { node_id, events })
+                .expect("events with a Stalwart wire form");
+        self.publish_bytes(topic, &record).await;
+        record
+    }
+
     /// Publish many events at once (keyed), waiting for all acknowledgements.
     pub async fn publish_all(&self, events: &[(String, Value)]) {
         let payloads: Vec<(String, String)> = events

@@ -66,4 +66,21 @@ pub fn ip_block(id: &str, ip: &str, action: &str, reason: &str) -> serde_json::V
         "body":{"ip":ip,"action":action,"reason":reason}})
 }
 
+/// A certificate-test fixture (`handlers/certificate/tests/fixtures`), e.g.
+/// `ec.crt` (mail.example.com and *.example.org) and its key `ec.key`.
+pub fn cert_fixture(name: &str) -> String {
+    let path = root()
+        .join("handlers/certificate/tests/fixtures")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A tls-certificate event for mail.example.com with the `ec` fixture pair
+/// (or another key, to test a mismatch).
+pub fn ec_certificate(id: &str, key: &str) -> serde_json::Value {
+    serde_json::json!({"v":1,"id":id,"kind":"tls-certificate","origin":"test","ts":1,
+        "body":{"domains":["mail.example.com"],"certificatePem":cert_fixture("ec.crt"),
+                "privateKeyPem":cert_fixture(key),"notAfter":1}})
+}
+
 pub mod cluster;

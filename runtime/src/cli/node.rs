@@ -37,6 +37,14 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// The URL of `path` on the node's local API, and the token to present:
+/// how the CLI talks to a running node.
+pub(super) fn local_api(config: &Config, path: &str) -> anyhow::Result<(String, String)> {
+    let token = crate::api::existing_token(config)?
+        .context("no api.token in the config and no generated token in the state directory")?;
+    Ok((format!("http://{}{path}", config.api.listen), token))
+}
+
 /// Tell the service manager `state`, if there is one; a failure is logged
 /// and otherwise ignored (the node runs on without it).
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
@@ -129,10 +137,7 @@ pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::Promethe
 /// `herald handler reload --config <file>`: ask the running node, through
 /// its local API, to re-read the handler folder now.
 pub async fn reload(config: &Path, out: &mut dyn std::io::Write) -> anyhow::Result<bool> {
-    let config = Config::load(config)?;
-    let token = crate::api::existing_token(&config)?
-        .context("no api.token in the config and no generated token in the state directory")?;
-    let url = format!("http://{}/v1/handlers/reload", config.api.listen);
+    let (url, token) = local_api(&Config::load(config)?, "/v1/handlers/reload")?;
     let response = reqwest::Client::new()
         .post(&url)
         .bearer_auth(token)

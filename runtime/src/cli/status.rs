@@ -14,10 +14,7 @@ use crate::config::Config;
 
 /// Print the node's status; returns whether it is ready.
 pub async fn status(config: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<bool> {
-    let config = Config::load(config)?;
-    let token = crate::api::existing_token(&config)?
-        .context("no api.token in the config and no generated token in the state directory")?;
-    let url = format!("http://{}/v1/status", config.api.listen);
+    let (url, token) = super::node::local_api(&Config::load(config)?, "/v1/status")?;
     let response = reqwest::Client::new()
         .get(&url)
         .bearer_auth(token)

@@ -585,3 +585,20 @@ fn check_imports(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_name_their_interface_and_package_version() {
+        let old = "herald:coordination/idle@0.1.0";
+        assert_eq!(herald_interface(old), Some("idle"));
+        assert_eq!(herald_version(old), Some("0.1.0"));
+        assert_eq!(
+            herald_version("herald:coordination/types@0.2.0"),
+            Some(PACKAGE_VERSION)
+        );
+        assert_eq!(herald_version("wasi:io/streams@0.2.6"), None);
+    }
+}
