@@ -250,10 +250,7 @@ async fn a_junk_record_and_a_letter_too_large_for_the_broker_do_not_stop_the_par
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalwart_record_of_a_million_events_is_refused_whole_in_bounded_memory() {
     let mut c = TestCluster::new("stwt-flood", 1, &[Install::builtin("blocking")]).await;
-    let stwt = herald_tests::cluster::unique("stwt.agora");
-    herald_tests::cluster::create_topics(&c.broker, &[stwt.clone(), format!("{stwt}.dlq")], 1)
-        .await;
-    c.settings = json!({"stalwart": {"enabled": true, "nodeId": 900, "topic": stwt}});
+    let stwt = c.enable_stalwart().await;
     let mut node = c.start("a");
     node.wait_assigned(&c.broadcast_group("a"));
     let before = node.peak_rss_kib();

@@ -481,10 +481,7 @@ async fn the_api_wants_the_token_and_stays_on_loopback() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalwart_record_wakes_idle_and_herald_speaks_stalwart() {
     let mut c = TestCluster::new("stalwart", 1, &[Install::builtin("mailbox")]).await;
-    let stwt = herald_tests::cluster::unique("stwt.agora");
-    herald_tests::cluster::create_topics(&c.broker, &[stwt.clone(), format!("{stwt}.dlq")], 1)
-        .await;
-    c.settings = json!({"stalwart": {"enabled": true, "nodeId": 900, "topic": stwt}});
+    let stwt = c.enable_stalwart().await;
     let mut node = c.start("a");
     node.wait_assigned(&c.broadcast_group("a"));
     let mut five = Stream::open(&mut node, "?account=5").await;

@@ -217,11 +217,10 @@ async fn the_readmes_curl_commands_work_as_written() {
         ],
     )
     .await;
-    let stwt = unique("stwt.agora");
-    herald_tests::cluster::create_topics(&c.broker, &[stwt.clone(), format!("{stwt}.dlq")], 1)
-        .await;
     // The README reads the generated token: no token in this node's config.
-    c.settings = json!({"api": {"token": null}, "stalwart": {"enabled": true, "nodeId": 900, "topic": stwt}});
+    c.settings = json!({"api": {"token": null}});
+    // Its Stalwart line needs Stalwart's topic.
+    c.enable_stalwart().await;
     let mut node = c.start("a");
     node.wait_assigned(&c.broadcast_group("a"));
     let api = node.api();

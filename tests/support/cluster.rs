@@ -273,6 +273,20 @@ impl TestCluster {
             .expect("publish");
     }
 
+    /// Take part in Stalwart's traffic: a topic of this test's own standing
+    /// for `stwt.agora` (and its dead-letter topic) is created, and every
+    /// node's config gets `stalwart.enabled` with Stalwart node id 900.
+    /// Returns the topic.
+    pub async fn enable_stalwart(&mut self) -> String {
+        let topic = unique("stwt.agora");
+        create_topics(&self.broker, &[topic.clone(), format!("{topic}.dlq")], 1).await;
+        merge(
+            &mut self.settings,
+            &json!({"stalwart": {"enabled": true, "nodeId": 900, "topic": topic}}),
+        );
+        topic
+    }
+
     /// Publish a Stalwart batch of `events` from Stalwart node `node_id` on
     /// `topic`, as a Stalwart node would (no key).
     pub async fn publish_stalwart(
