@@ -118,6 +118,14 @@ fn config_check_accepts_the_examples() {
         std::fs::read_to_string(herald_tests::root().join("runtime/herald.example.json")).unwrap();
     let (ok, out) = config_check(&example);
     assert!(ok, "{out}");
+    // The README's configuration example, as printed there.
+    let readme = std::fs::read_to_string(herald_tests::root().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Configuration").unwrap()..];
+    let start = section.find("```json\n").unwrap() + 8;
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let (ok, out) = config_check(block);
+    assert!(ok, "the README's configuration: {out}");
+    assert!(out.contains("nor 198.51.100.0/24"), "{out}");
     // The Coordinator object exactly as the mail server writes it.
     let (ok, out) = config_check(
         r#"{ "@type": "Kafka", "brokers": ["kafka1:9092"], "groupId": "stalwart-cluster",
