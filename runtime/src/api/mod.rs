@@ -63,6 +63,16 @@ pub struct ApiState {
     pub metrics: Option<PrometheusHandle>,
 }
 
+impl ApiState {
+    /// Handlers loaded and every running group ready: what `/readyz` and
+    /// `/v1/status` answer (the node's systemd notification uses the same
+    /// rule, `consumer::all_ready`).
+    fn ready(&self, now_ms: u64) -> bool {
+        !self.registry.all().is_empty()
+            && consumer::all_ready(self.groups.iter().map(|(_, _, s)| &**s), now_ms)
+    }
+}
+
 #[derive(Clone)]
 struct Api {
     state: Arc<ApiState>,
@@ -228,7 +238,7 @@ async fn ready(State(api): State<Api>) -> Response {
                    "partitions": s.assigned.load(Ordering::Relaxed)})
         })
         .collect();
-    let ready = handlers > 0 && consumer::all_ready(api.groups.iter().map(|(_, _, s)| &**s), now);
+    let ready = api.ready(now);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -280,11 +290,9 @@ async fn status(State(api): State<Api>) -> Response {
             json!({"domain": domain, "notAfter": not_after, "daysLeft": days})
         })
         .collect();
-    let ready =
-        !handlers.is_empty() && consumer::all_ready(api.groups.iter().map(|(_, _, s)| &**s), now);
     Json(json!({
         "node": api.node_id,
-        "ready": ready,
+        "ready": api.ready(now),
         "groups": groups,
         "handlers": handlers,
         "deadLettersLastHour": api.recent_letters.last_hour(now),

@@ -69,6 +69,12 @@ async fn tell_systemd(node: Arc<Node>, shutdown: CancellationToken) {
     let mut ready_sent = false;
     let mut last_ping = std::time::Instant::now();
     loop {
+        if ready_sent && watchdog.is_none() {
+            // Nothing left to tell until shutdown: no more wake-ups.
+            shutdown.cancelled().await;
+            notify(&[NotifyState::Stopping]);
+            return;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => {
                 notify(&[NotifyState::Stopping]);

@@ -128,13 +128,9 @@ pub async fn ensure_topics(cfg: &Config, topics: &[String]) -> anyhow::Result<()
     }
     let Some(create) = &cfg.topics.create else {
         anyhow::bail!(
-            "topic{} {} do{} not exist; create {} (see the README for the settings a production \
-             cluster wants), or set `topics.create` in the config to let herald create {}",
-            if missing.len() == 1 { "" } else { "s" },
-            missing.join(", "),
-            if missing.len() == 1 { "es" } else { "" },
-            if missing.len() == 1 { "it" } else { "them" },
-            if missing.len() == 1 { "it" } else { "them" },
+            "missing topics: {}; create them (the README lists the settings a production \
+             cluster wants), or set `topics.create` in the config to let herald create them",
+            missing.join(", ")
         );
     };
     let topics = &missing;
