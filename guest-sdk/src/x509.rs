@@ -9,6 +9,11 @@
 //! exponent (both in the private key), ECDSA P-256/P-384 by the point
 //! derived from the private scalar, Ed25519 by the key derived from the
 //! seed. Nothing here verifies signatures or builds a path to a trusted root.
+//!
+//! A key sealed to the cluster ([`is_sealed`]: age's armored form, as
+//! `herald cert publish` sends it) reaches a handler still sealed: only the
+//! node's host holds the identity that opens it. [`check`] then checks the
+//! chain alone, and the host checks the pair again after unsealing.
 
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use pkcs8::der::Decode;
@@ -31,17 +36,20 @@ pub fn check(domains: &[String], chain_pem: &str, key_pem: &str, now: i64) -> Re
     let chain = read_chain(chain_pem)?;
     let leaf = parse_chain(&chain)?;
     let leaf_key = leaf_key(&leaf)?;
-    let key = private_key(key_pem)?;
-    if key != leaf_key {
-        let mut reason = format!(
-            "the private key does not match the certificate (leaf {})",
-            leaf.subject()
-        );
-        if key.algorithm() != leaf_key.algorithm() {
-            let (k, l) = (key.algorithm(), leaf_key.algorithm());
-            reason += &format!(": the key is {k}, the certificate's is {l}");
+    // A sealed key is checked by the host once unsealed.
+    if !is_sealed(key_pem) {
+        let key = private_key(key_pem)?;
+        if key != leaf_key {
+            let mut reason = format!(
+                "the private key does not match the certificate (leaf {})",
+                leaf.subject()
+            );
+            if key.algorithm() != leaf_key.algorithm() {
+                let (k, l) = (key.algorithm(), leaf_key.algorithm());
+                reason += &format!(": the key is {k}, the certificate's is {l}");
+            }
+            return Err(reason);
         }
-        return Err(reason);
     }
     let validity = leaf.validity();
     if now > validity.not_after.timestamp() {
@@ -66,6 +74,14 @@ pub fn check(domains: &[String], chain_pem: &str, key_pem: &str, now: i64) -> Re
         return Err(format!("certificate does not cover `{d}` (names: {names})"));
     }
     Ok(validity.not_after.timestamp().max(0) as u64 * 1000)
+}
+
+/// Whether a private key travels sealed (an age file in ASCII armor) rather
+/// than as a plaintext PEM key.
+pub fn is_sealed(key_pem: &str) -> bool {
+    key_pem
+        .trim_start()
+        .starts_with("-----BEGIN AGE ENCRYPTED FILE-----")
 }
 
 /// Whether certificate name `name` covers `domain`: equal ignoring case and

@@ -37,4 +37,5 @@ pub mod manifest;
 pub mod node;
 pub(crate) mod registry;
 pub mod sandbox;
+pub mod trust;
 pub(crate) mod watch;

@@ -55,6 +55,12 @@ enum Command {
     /// Read and write Stalwart v0.16 coordination records (topic stwt.agora).
     #[command(subcommand)]
     Stalwart(StalwartCmd),
+    /// Signing keys and the cluster's sealing identity.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Roll TLS certificates out to every node.
+    #[command(subcommand)]
+    Cert(CertCmd),
     /// Print the shell completion script for bash, zsh or fish (also elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the manual page, herald(1), in roff.
@@ -88,6 +94,44 @@ enum HandlerCmd {
         wasm: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a new Ed25519 signing key file (mode 0600) and print its id and
+    /// public key; with --sealing, the cluster's age identity and its recipient.
+    Generate {
+        /// Where to write it; an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        sealing: bool,
+    },
+    /// Print this node's signing key id and public key (creating the key if
+    /// the node has not yet), and the trust entry other nodes need.
+    Show {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Check a certificate and its key, seal the key to certificates.sealTo,
+    /// sign and publish it: every node installs it. For ACME deploy hooks.
+    Publish {
+        #[arg(long)]
+        config: PathBuf,
+        /// The names to install it for, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        domains: Vec<String>,
+        /// The chain, leaf first (fullchain.pem).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The private key (privkey.pem).
+        #[arg(long)]
+        key: PathBuf,
     },
 }
 
@@ -168,6 +212,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Stalwart(StalwartCmd::Encode) => {
             herald::cli::stalwart::encode_cmd(&mut std::io::stdin().lock(), &mut stdout)?;
+        }
+        Command::Keys(KeysCmd::Generate { out, sealing }) => {
+            herald::cli::keys::generate(&out, sealing, &mut stdout)?
+        }
+        Command::Keys(KeysCmd::Show { config }) => herald::cli::keys::show(&config, &mut stdout)?,
+        Command::Cert(CertCmd::Publish {
+            config,
+            domains,
+            cert,
+            key,
+        }) => {
+            herald::cli::keys::publish_certificate(&config, &domains, &cert, &key, &mut stdout)
+                .await?
         }
         Command::Completions { shell } => {
             // Through a buffer: `generate` panics when a write fails (a closed pipe).

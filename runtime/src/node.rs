@@ -142,6 +142,7 @@ impl Node {
             decoder: Decoder {
                 stalwart,
                 max_stalwart_events: self.config.stalwart.max_events_per_record,
+                trust: self.config.trust.clone().map(Arc::new),
             },
         })
     }

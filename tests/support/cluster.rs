@@ -319,6 +319,91 @@ impl TestCluster {
         }
     }
 
+    /// Publish one record with headers, as any Kafka client can.
+    pub async fn publish_record(&self, key: &str, payload: &[u8], headers: &[(&str, &[u8])]) {
+        let mut h = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in headers {
+            h = h.insert(rdkafka::message::Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        let record = FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(payload)
+            .headers(h);
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("publish");
+    }
+
+    /// Publish `event` signed by `signer` the way herald signs: the
+    /// signature headers over the record key and the exact value.
+    pub async fn publish_signed(
+        &self,
+        key: &str,
+        event: &Value,
+        signer: &herald::trust::keys::NodeKey,
+    ) {
+        let payload = event.to_string();
+        let sig = herald::trust::keys::signature_text(
+            &signer.sign(Some(key.as_bytes()), payload.as_bytes()),
+        );
+        self.publish_record(
+            key,
+            payload.as_bytes(),
+            &[
+                (herald::trust::KEY_ID_HEADER, signer.id().as_bytes()),
+                (herald::trust::SIGNATURE_HEADER, sig.as_bytes()),
+            ],
+        )
+        .await;
+    }
+
+    /// Every record on `topic` now, values and header values, read from the
+    /// start to the end of each partition.
+    pub fn read_all(&self, topic: &str) -> Vec<Vec<u8>> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.broker)
+            .set("group.id", unique("reader"))
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        let meta = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let partitions = meta.topics()[0].partitions().len();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let (mut ended, mut out) = (0, Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ended < partitions {
+            assert!(Instant::now() < deadline, "reading {topic} took over 60 s");
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => {
+                    let mut bytes = m.payload().unwrap_or_default().to_vec();
+                    for h in m.headers().map(|h| h.iter().collect()).unwrap_or(vec![]) {
+                        bytes.extend_from_slice(h.value.unwrap_or_default());
+                    }
+                    out.push(bytes);
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => ended += 1,
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        out
+    }
+
     /// Publish an event as a plain Kafka client would: JSON envelope, keyed.
     pub async fn publish(&self, key: &str, event: &Value) {
         let payload = event.to_string();

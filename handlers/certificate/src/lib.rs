@@ -7,6 +7,10 @@
 //! same check the node's certificate store runs); the expiry installed is
 //! the leaf's own notAfter, not the one the event claims.
 //!
+//! A key sealed to the cluster (`herald cert publish`) arrives sealed: the
+//! handler checks the chain and names, and the node's store opens the key
+//! and checks the pair itself; the handler never holds the plaintext.
+//!
 //! The node's store failing now (transient) retries the event; a
 //! certificate the node itself finds invalid is rejected.
 

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod demo;
 pub mod handler;
+pub mod keys;
 pub mod node;
 pub mod stalwart;
 pub mod status;

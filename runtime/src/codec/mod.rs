@@ -4,11 +4,15 @@
 //! mail server's own cluster traffic travels in Stalwart's binary batches,
 //! read and written by [`stalwart`] so that herald can sit on a cluster's
 //! `stwt.agora` topic beside Stalwart v0.16 nodes. [`Decoder`] picks the form
-//! by topic and gives every event its id, origin and position.
+//! by topic and gives every event its id, origin and position. With a trust
+//! policy, it also lets through only what [`crate::trust`] admits.
 
 pub mod stalwart;
 
+use std::sync::Arc;
+
 use crate::event::{Event, Position};
+use crate::trust::{Policy, Signature, StalwartRecords, Untrusted};
 
 /// One Kafka record, detached from the consumer.
 #[derive(Clone, Debug)]
@@ -19,6 +23,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub timestamp_ms: Option<i64>,
+    /// The record's signature headers, if it has both.
+    pub signature: Option<Signature>,
 }
 
 /// A record that did not decode whole: the events decoded before the fault
@@ -37,6 +43,8 @@ pub struct Decoder {
     /// The most events one Stalwart record may hold; a record with more is
     /// dead-lettered whole (`stalwart.maxEventsPerRecord`).
     pub max_stalwart_events: usize,
+    /// The config's `trust`: when set, only admitted records decode.
+    pub trust: Option<Arc<Policy>>,
 }
 
 impl Default for Decoder {
@@ -44,6 +52,7 @@ impl Default for Decoder {
         Decoder {
             stalwart: None,
             max_stalwart_events: stalwart::DEFAULT_MAX_EVENTS,
+            trust: None,
         }
     }
 }
@@ -69,9 +78,20 @@ impl Decoder {
             partition: r.partition,
             offset: r.offset,
         };
+        let untrusted = |e: Untrusted| {
+            metrics::counter!("herald_untrusted_total", "reason" => e.reason()).increment(1);
+            fail(vec![], &e)
+        };
         if let Some((topic, own)) = &self.stalwart
             && *topic == r.topic
         {
+            if self
+                .trust
+                .as_ref()
+                .is_some_and(|t| t.stalwart == StalwartRecords::Refuse)
+            {
+                return Err(untrusted(Untrusted::StalwartRefused));
+            }
             let decoded = stalwart::decode_at_most(value, self.max_stalwart_events)
                 .map_err(|e| fail(vec![], &e))?;
             if decoded.node_id == *own {
@@ -97,9 +117,20 @@ impl Decoder {
                 Some(e) => Err(fail(events, &e)),
             };
         }
-        Event::from_json(value, position)
-            .map(|e| vec![e])
-            .map_err(|e| fail(vec![], &e))
+        let Some(policy) = &self.trust else {
+            return Event::from_json(value, position)
+                .map(|e| vec![e])
+                .map_err(|e| fail(vec![], &e));
+        };
+        // The signature first: bytes nobody trusted are not even parsed.
+        let signer = policy
+            .verify(r.key.as_deref(), value, r.signature.as_ref())
+            .map_err(untrusted)?;
+        let event = Event::from_json(value, position).map_err(|e| fail(vec![], &e))?;
+        policy
+            .admit(&event, signer.as_ref(), crate::event::now_ms())
+            .map_err(untrusted)?;
+        Ok(vec![event])
     }
 }
 
@@ -115,6 +146,7 @@ mod tests {
             key: None,
             value: Some(value.to_vec()),
             timestamp_ms: Some(1_700_000_000_000),
+            signature: None,
         }
     }
 
@@ -138,6 +170,7 @@ mod tests {
         let d = Decoder {
             stalwart: Some(("stwt.agora".into(), 9)),
             max_stalwart_events: 3,
+            trust: None,
         };
         let bodies = vec![Body::QueueRefresh(Empty {}); 2];
         let from_peer = stalwart::encode_batches(3, &bodies).unwrap().remove(0);

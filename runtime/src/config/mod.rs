@@ -50,7 +50,10 @@ use anyhow::anyhow;
 mod raw;
 #[cfg(test)]
 mod tests;
+mod trust;
 mod validate;
+
+pub use trust::Certificates;
 
 /// The only coordinator `@type` herald speaks.
 pub const COORDINATOR_TYPE: &str = "Kafka";
@@ -148,6 +151,14 @@ pub struct Config {
     /// Events that came from more handler publishes in a row than this are
     /// dead-lettered, not handled (`publish.maxHops`, default 4).
     pub publish_max_hops: u32,
+    /// The Ed25519 key this node signs what it publishes with (`signingKey`;
+    /// unset: `<stateDir>/node.key`, see [`Config::signing_key_path`]).
+    pub signing_key: Option<PathBuf>,
+    /// Which signed events this node accepts (`trust`); `None`: every event
+    /// is accepted, signed or not.
+    pub trust: Option<crate::trust::Policy>,
+    /// Sealed TLS private keys (`certificates`).
+    pub certificates: Certificates,
     /// Extra librdkafka properties, passed through verbatim (`kafka`); never
     /// one of [`OWNED_KAFKA_PROPERTIES`].
     pub kafka: BTreeMap<String, String>,
@@ -392,6 +403,9 @@ impl fmt::Debug for Config {
             .field("blocklist", &self.blocklist)
             .field("push_allow_private", &self.push_allow_private)
             .field("publish_max_hops", &self.publish_max_hops)
+            .field("signing_key", &self.signing_key)
+            .field("trust", &self.trust)
+            .field("certificates", &self.certificates)
             .field("kafka", &kafka)
             .finish()
     }
@@ -411,6 +425,14 @@ impl Config {
     pub fn parse(text: &str) -> anyhow::Result<Config> {
         // One flat message, so that `{}` shows as much as `{:#}`.
         validate::parse(text).map_err(|e| anyhow!("{e:#}"))
+    }
+
+    /// The node's signing key file: `signingKey`, else `<stateDir>/node.key`
+    /// (created with mode 0600 on first start).
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("node.key"))
     }
 
     /// `<groupPrefix>.<nodeId>` (by default `<groupId>.herald.<nodeId>`):
@@ -453,6 +475,9 @@ impl Config {
             blocklist: BlocklistPolicy::default(),
             push_allow_private: false,
             publish_max_hops: crate::dispatch::DEFAULT_MAX_HOPS,
+            signing_key: None,
+            trust: None,
+            certificates: Certificates::default(),
             kafka: BTreeMap::new(),
         }
     }

@@ -56,6 +56,12 @@ pub(super) struct Raw {
     #[serde(default)]
     pub(super) publish: Option<RawPublish>,
     #[serde(default)]
+    pub(super) signing_key: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) trust: Option<super::trust::RawTrust>,
+    #[serde(default)]
+    pub(super) certificates: Option<super::trust::RawCertificates>,
+    #[serde(default)]
     pub(super) kafka: Option<BTreeMap<String, PropertyValue>>,
 }
 

@@ -399,3 +399,49 @@ fn herald_never_joins_the_mail_servers_group() {
         .to_string();
     assert!(err.contains("field `groupPrefix`"), "{err}");
 }
+
+#[test]
+fn config_trust_keys_kinds_and_stalwart_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = crate::trust::keys::NodeKey::load_or_create(&dir.path().join("k")).unwrap();
+    let (id, public) = (key.id(), crate::trust::keys::public_key_text(&key.public()));
+    let c = Config::parse(&with(&format!(
+        r#""trust": {{"keys": {{"{id}": {{"publicKey": "{public}", "kinds": ["tls-certificate"]}}}},
+            "require": ["ip-block"], "maxAge": {{"push": "1h"}}}}"#
+    )))
+    .unwrap();
+    let trust = c.trust.unwrap();
+    assert_eq!(trust.keys[id].kinds.as_ref().unwrap().len(), 1);
+    assert_eq!(
+        trust.require.iter().copied().collect::<Vec<_>>(),
+        ["ip-block"]
+    );
+    assert_eq!(trust.max_age["push"], Duration::from_secs(3600));
+    // Default once `trust` is set: every kind must be signed.
+    let c = Config::parse(&with(r#""trust": {}"#)).unwrap();
+    assert_eq!(c.trust.unwrap().require.len(), crate::event::KINDS.len());
+    assert!(Config::parse(&with("")).unwrap().trust.is_none());
+
+    let e = err(&with(&format!(
+        r#""trust": {{"keys": {{"0000000000000000": {{"publicKey": "{public}", "kinds": ["*"]}}}}}}"#
+    )));
+    assert!(
+        e.contains("trust.keys.0000000000000000") && e.contains(id),
+        "{e}"
+    );
+    let e = err(&with(&format!(
+        r#""trust": {{"keys": {{"{id}": {{"publicKey": "{public}", "kinds": ["ip-blok"]}}}}}}"#
+    )));
+    assert!(
+        e.contains(&format!("trust.keys.{id}.kinds")) && e.contains("ip-blok"),
+        "{e}"
+    );
+    let e = err(&with(r#""trust": {"maxAge": {"push": "10ms"}}"#));
+    assert!(e.contains("trust.maxAge.push"), "{e}");
+    let e = err(&with(
+        r#""stalwart": {"enabled": true, "nodeId": 9}, "trust": {}"#,
+    ));
+    assert!(e.contains("trust.stalwart"), "{e}");
+    let e = err(&with(r#""certificates": {"sealTo": ["age1nope"]}"#));
+    assert!(e.contains("certificates.sealTo[0]"), "{e}");
+}

@@ -120,6 +120,15 @@ pub(super) fn parse(text: &str) -> anyhow::Result<Config> {
     }
     let push_allow_private = raw.push.and_then(|p| p.allow_private).unwrap_or(false);
     let kafka = kafka(raw.kafka.unwrap_or_default())?;
+    let signing_key = match raw.signing_key {
+        Some(p) => Some(path("signingKey", Some(p), "")?),
+        None => None,
+    };
+    let trust = raw
+        .trust
+        .map(|t| super::trust::trust(t, stalwart.enabled))
+        .transpose()?;
+    let certificates = super::trust::certificates(raw.certificates.unwrap_or_default())?;
 
     Ok(Config {
         brokers,
@@ -139,6 +148,9 @@ pub(super) fn parse(text: &str) -> anyhow::Result<Config> {
         blocklist,
         push_allow_private,
         publish_max_hops,
+        signing_key,
+        trust,
+        certificates,
         kafka,
     })
 }

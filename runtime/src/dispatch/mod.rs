@@ -139,6 +139,12 @@ impl RecentLetters {
     }
 }
 
+/// Whether `bytes` hold a PEM private key (`-----BEGIN … PRIVATE KEY-----`).
+fn holds_private_key(bytes: &[u8]) -> bool {
+    const MARK: &[u8] = b"PRIVATE KEY-----";
+    bytes.windows(MARK.len()).any(|w| w == MARK)
+}
+
 /// Default of `publish.maxHops`.
 pub const DEFAULT_MAX_HOPS: u32 = 4;
 
@@ -353,6 +359,16 @@ impl Dispatcher {
         stop: &CancellationToken,
     ) -> Result<(), Abandoned> {
         letter.error = crate::bounded::reason(letter.error);
+        // A plaintext private key never reaches the dead-letter topic or the
+        // log, whoever put it in the record or the error.
+        if holds_private_key(letter.error.as_bytes()) {
+            letter.error = "[an error text that held a private key, withheld]".into();
+        }
+        if holds_private_key(&letter.payload) {
+            letter.error += " (payload withheld: it holds a plaintext private key)";
+            letter.payload_dropped = Some(letter.payload.len());
+            letter.payload = Vec::new();
+        }
         tracing::warn!(topic = %letter.original.topic, partition = letter.original.partition,
             offset = letter.original.offset, handler = letter.handler.unwrap_or("-"),
             error = %letter.error, "dead-lettering");

@@ -135,6 +135,7 @@ fn records(n: i64) -> Vec<Record> {
                 .into_bytes(),
             ),
             timestamp_ms: None,
+            signature: None,
         })
         .collect()
 }
@@ -337,6 +338,7 @@ async fn a_batch_of_many_events_is_handled_in_bounded_parts() {
             key: None,
             value: Some(value.clone()),
             timestamp_ms: None,
+            signature: None,
         })
         .collect();
     d.handle(&batch, &CancellationToken::new()).await.unwrap();

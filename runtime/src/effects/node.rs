@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use super::blocklist::{Blocklist, Policy};
 use super::certs::CertStore;
+use super::certs::hooks::Hooks;
 use super::notify::{Hub, Notice};
 use super::push::{PushClient, PushSettings};
 use super::{Effect, EffectError, EffectFuture, Effects};
 use crate::config::Config;
 use crate::event::{Body, Event, PushSubscriptionGone};
+use crate::trust::keys::Unsealer;
 
 /// Sends events to the cluster; the Kafka producer implements it.
 pub trait Publisher: Send + Sync + 'static {
@@ -27,6 +29,10 @@ pub struct NodeEffects {
     pub notices: Arc<Hub>,
     push: PushClient,
     publisher: Arc<dyn Publisher>,
+    /// Opens sealed TLS private keys (`certificates.identityFile`).
+    unsealer: Option<Unsealer>,
+    /// Run after each install (`certificates.hooks`).
+    hooks: Hooks,
 }
 
 impl NodeEffects {
@@ -35,6 +41,13 @@ impl NodeEffects {
     /// are added).
     pub fn open(config: &Config, publisher: Arc<dyn Publisher>) -> anyhow::Result<Self> {
         let state_dir = &config.state_dir;
+        let unsealer = match &config.certificates.identity_file {
+            Some(path) => Some(
+                Unsealer::load(path)
+                    .map_err(|e| anyhow::anyhow!("certificates.identityFile: {e:#}"))?,
+            ),
+            None => None,
+        };
         Ok(NodeEffects {
             node_id: config.node_id.clone(),
             blocklist: Arc::new(Blocklist::open_with(state_dir, blocklist_policy(config))?),
@@ -48,6 +61,8 @@ impl NodeEffects {
                 },
             )?,
             publisher,
+            unsealer,
+            hooks: Hooks::new(config.certificates.hooks.clone()),
         })
     }
 
@@ -101,6 +116,23 @@ fn blocklist_policy(config: &Config) -> Policy {
 pub const MAX_CERT_DOMAINS: usize = 100;
 
 impl NodeEffects {
+    /// The plaintext of a key sealed to the cluster; a plaintext key as it
+    /// is. Only here, in the host, is a sealed key ever opened: handlers see
+    /// it sealed, and the plaintext goes nowhere but the certificate store.
+    fn unseal(&self, key_pem: String) -> Result<String, EffectError> {
+        if !herald_guest::x509::is_sealed(&key_pem) {
+            return Ok(key_pem);
+        }
+        let Some(unsealer) = &self.unsealer else {
+            return Err(EffectError::Invalid(
+                "the private key is sealed and this node has no certificates.identityFile \
+                 to open it"
+                    .into(),
+            ));
+        };
+        unsealer.unseal(&key_pem).map_err(EffectError::Invalid)
+    }
+
     /// Check a certificate as the handler should have, and more: the chain
     /// and key parse and match, the leaf is valid now and covers every
     /// domain, there are not too many domains, and no domain goes back to
@@ -215,11 +247,16 @@ impl Effects for NodeEffects {
                     chain_pem,
                     private_key_pem,
                 } => {
+                    let private_key_pem = self.unseal(private_key_pem)?;
                     let not_after =
                         self.check_certificate(&domains, &chain_pem, &private_key_pem)?;
                     self.certificates
                         .install(&domains, &chain_pem, &private_key_pem, not_after)?;
                     tracing::info!(handler, ?domains, not_after, "certificate installed");
+                    // In the background: a slow or failing reload never
+                    // holds the partition nor undoes the install.
+                    self.hooks
+                        .after_install(&domains, not_after, |d| self.certificates.files(d));
                     self.notices
                         .publish(Notice::Certificate { domains, not_after });
                     Ok(None)

@@ -95,13 +95,33 @@ pub struct IpBlock {
     pub expires_at: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsCertificate {
     pub domains: Vec<String>,
     pub certificate_pem: String,
+    /// The leaf's private key: sealed to the cluster (age armor, as
+    /// `herald cert publish` writes it; required when `trust` is on), or a
+    /// plaintext PEM key.
     pub private_key_pem: String,
     pub not_after: u64,
+}
+
+/// Never prints the key: events are logged with `{:?}`.
+impl std::fmt::Debug for TlsCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = if herald_guest::x509::is_sealed(&self.private_key_pem) {
+            "<sealed>"
+        } else {
+            "<plaintext, withheld>"
+        };
+        f.debug_struct("TlsCertificate")
+            .field("domains", &self.domains)
+            .field("certificate_pem", &self.certificate_pem)
+            .field("private_key_pem", &key)
+            .field("not_after", &self.not_after)
+            .finish()
+    }
 }
 
 /// One cached item to drop; Stalwart's cache markers 0-11 in that order.

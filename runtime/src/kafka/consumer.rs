@@ -437,6 +437,7 @@ pub async fn run(
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),
                         timestamp_ms: m.timestamp().to_millis(),
+                        signature: signature(&m),
                     };
                     route(&shared, &consumer, cfg, record);
                 }
@@ -596,4 +597,24 @@ impl Job {
         }
         Some(records)
     }
+}
+
+/// The record's signature headers (the last of each name, as Kafka clients
+/// read headers), if it has both; their values are checked by the trust
+/// policy, not here.
+fn signature(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<crate::trust::Signature> {
+    use rdkafka::message::Headers;
+    let headers = m.headers()?;
+    let (mut key_id, mut sig) = (None, None);
+    for h in headers.iter() {
+        match h.key {
+            crate::trust::KEY_ID_HEADER => key_id = h.value,
+            crate::trust::SIGNATURE_HEADER => sig = h.value,
+            _ => {}
+        }
+    }
+    Some(crate::trust::Signature {
+        key_id: key_id?.to_vec(),
+        signature: sig?.to_vec(),
+    })
 }

@@ -1,6 +1,7 @@
 //! The node's producer: idempotent, `acks=all`, delivery timeout from the
 //! Coordinator's `timeoutMessage`. Events are keyed by their entity so a
-//! partition keeps one entity's events in order.
+//! partition keeps one entity's events in order, and signed with the node's
+//! key ([`crate::trust`]) so that other nodes can tell who sent them.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -15,9 +16,12 @@ use crate::config::Config;
 use crate::dispatch::{DeadLetter, DeadLetterSink, SinkError};
 use crate::effects::node::Publisher;
 use crate::event::{Body, Event};
+use crate::trust::keys::{NodeKey, signature_text};
+use crate::trust::{KEY_ID_HEADER, SIGNATURE_HEADER};
 
 pub struct Producer {
     inner: FutureProducer<super::Quiet>,
+    key: NodeKey,
     events_topic: String,
     dead_letter_suffix: String,
     node_id: String,
@@ -58,7 +62,12 @@ pub struct Delivered {
 }
 
 impl Producer {
+    /// The producer, signing with the config's key (created on first use,
+    /// see [`Config::signing_key_path`]).
     pub fn new(cfg: &Config) -> anyhow::Result<Producer> {
+        let path = cfg.signing_key_path();
+        let (key, _) = NodeKey::load_or_create(&path)
+            .with_context(|| format!("signing key (`signingKey`, {})", path.display()))?;
         let inner: FutureProducer<super::Quiet> = super::client_config(cfg, "producer")
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -71,6 +80,7 @@ impl Producer {
             .context("cannot create the Kafka producer")?;
         Ok(Producer {
             inner,
+            key,
             events_topic: cfg.topics.events.clone(),
             dead_letter_suffix: cfg.topics.dead_letter_suffix.clone(),
             node_id: cfg.node_id.clone(),
@@ -94,10 +104,20 @@ impl Producer {
 
     pub async fn publish_keyed(&self, key: &str, event: &Event) -> anyhow::Result<Delivered> {
         let payload = event.to_json().to_string();
+        let signature = signature_text(&self.key.sign(Some(key.as_bytes()), payload.as_bytes()));
+        let headers = OwnedHeaders::new()
+            .insert(header(KEY_ID_HEADER, self.key.id()))
+            .insert(header(SIGNATURE_HEADER, &signature));
         let record = FutureRecord::to(&self.events_topic)
             .key(key)
-            .payload(&payload);
+            .payload(&payload)
+            .headers(headers);
         self.send(record).await
+    }
+
+    /// The key this producer signs with.
+    pub fn signing_key(&self) -> &NodeKey {
+        &self.key
     }
 
     /// Publish `bodies` on Stalwart's topic as this node's Stalwart node id,
@@ -192,6 +212,21 @@ impl DeadLetterSink for Producer {
                 .insert(header("herald-original-partition", &partition))
                 .insert(header("herald-original-offset", &offset))
                 .insert(header("herald-node", &self.node_id));
+            // The original's signature travels with it, so that a letter
+            // put back on its topic verifies as it did the first time.
+            if let Some(sig) = &o.signature
+                && letter.payload_dropped.is_none()
+            {
+                headers = headers
+                    .insert(Header {
+                        key: KEY_ID_HEADER,
+                        value: Some(&sig.key_id),
+                    })
+                    .insert(Header {
+                        key: SIGNATURE_HEADER,
+                        value: Some(&sig.signature),
+                    });
+            }
             let dropped = letter.payload_dropped.map(|n| n.to_string());
             if let Some(bytes) = &dropped {
                 headers = headers.insert(header("herald-payload-dropped", bytes));

@@ -70,6 +70,7 @@ use sha2::{Digest, Sha256};
 use crate::durable;
 use crate::event::now_ms;
 
+pub mod hooks;
 mod names;
 #[cfg(test)]
 mod tests;
@@ -248,6 +249,14 @@ impl CertStore {
             .map_err(storage(name))?;
         }
         Ok(())
+    }
+
+    /// The paths through which the mail server reads `domain`'s current
+    /// pair (`certs/<domain>/fullchain.pem` and `privkey.pem`).
+    pub fn files(&self, domain: &str) -> (PathBuf, PathBuf) {
+        let name = normalise(domain).unwrap_or_else(|_| domain.to_ascii_lowercase());
+        let dir = self.dir.join(dir_name(&name));
+        (dir.join("fullchain.pem"), dir.join("privkey.pem"))
     }
 
     /// The current certificate for `domain` (case-insensitive, trailing dot
