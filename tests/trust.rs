@@ -158,6 +158,12 @@ async fn only_trusted_publishers_change_nodes() {
             &ops_next,
         )
         .await;
+    // A bundle: one record, one signature, two events.
+    let bundle = json!([
+        block("b1", "198.18.2.4", now),
+        block("b2", "198.18.2.5", now)
+    ]);
+    cluster.publish_signed("bundle", &bundle, &ops).await;
     let publisher = cluster.config("publisher");
     let mut cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(&publisher).unwrap()).unwrap();
@@ -203,11 +209,13 @@ async fn only_trusted_publishers_change_nodes() {
     let plain_key = cert_fixture("ec.key");
     for n in &nodes {
         wait_until(
-            &format!("{}: both blocks applied", n.node),
+            &format!("{}: the signed blocks applied", n.node),
             Duration::from_secs(60),
             || {
                 let b = n.blocklist();
-                b.contains("198.18.2.1") && b.contains("198.18.2.2")
+                ["198.18.2.1", "198.18.2.2", "198.18.2.4", "198.18.2.5"]
+                    .iter()
+                    .all(|ip| b.contains(*ip))
             },
         );
         let installed = n.state.join("certs/mail.example.com/privkey.pem");

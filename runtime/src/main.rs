@@ -30,7 +30,8 @@ enum Command {
         #[arg(long, default_value = "target/handlers")]
         handlers: PathBuf,
     },
-    /// Publish one event (JSON form; `-` reads stdin) and print where it landed.
+    /// Publish one event (JSON form; `-` reads stdin), or a JSON array of events as one
+    /// bundle record, and print where it landed.
     Publish {
         #[arg(long)]
         config: PathBuf,

@@ -113,9 +113,29 @@ pub async fn publish(
         std::fs::read_to_string(event)
             .with_context(|| format!("{}: cannot read", event.display()))?
     };
-    let event = Event::from_submitted(&text, &config.node_id)
-        .with_context(|| format!("{}", event.display()))?;
+    let name = event.display().to_string();
     let producer = Producer::new(&config)?;
+    // An array is a bundle: one record, one signature, handled in order.
+    if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(&text) {
+        let events = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                Event::from_submitted(&item.to_string(), &config.node_id)
+                    .with_context(|| format!("{name}: element {i}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let delivered = producer.publish_bundle(&events).await?;
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        writeln!(
+            out,
+            "{}",
+            json!({"topic": config.topics.events, "partition": delivered.partition,
+                   "offset": delivered.offset, "ids": ids})
+        )?;
+        return Ok(());
+    }
+    let event = Event::from_submitted(&text, &config.node_id).with_context(|| name.clone())?;
     let delivered = producer.publish(&event).await?;
     writeln!(
         out,

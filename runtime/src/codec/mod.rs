@@ -118,19 +118,22 @@ impl Decoder {
             };
         }
         let Some(policy) = &self.trust else {
-            return Event::from_json(value, position)
-                .map(|e| vec![e])
-                .map_err(|e| fail(vec![], &e));
+            return Event::from_record(value, position).map_err(|(kept, e)| fail(kept, &e));
         };
-        // The signature first: bytes nobody trusted are not even parsed.
+        // The signature first: bytes nobody trusted are not even parsed. One
+        // signature covers a whole bundle, and a bundle is admitted whole or
+        // not at all.
         let signer = policy
             .verify(r.key.as_deref(), value, r.signature.as_ref())
             .map_err(untrusted)?;
-        let event = Event::from_json(value, position).map_err(|e| fail(vec![], &e))?;
-        policy
-            .admit(&event, signer.as_ref(), crate::event::now_ms())
-            .map_err(untrusted)?;
-        Ok(vec![event])
+        let events = Event::from_record(value, position).map_err(|(_, e)| fail(vec![], &e))?;
+        let now = crate::event::now_ms();
+        for event in &events {
+            policy
+                .admit(event, signer.as_ref(), now)
+                .map_err(untrusted)?;
+        }
+        Ok(events)
     }
 }
 
@@ -162,6 +165,73 @@ mod tests {
         let mut empty = record("herald.events", b"");
         empty.value = None;
         assert!(d.decode(&empty).unwrap_err().error.contains("no value"));
+    }
+
+    #[test]
+    fn bundles_decode_in_order_and_name_the_bad_element() {
+        let d = Decoder::default();
+        let e = |id: &str| {
+            format!(r#"{{"v":1,"id":"{id}","kind":"queue-refresh","origin":"o","ts":1}}"#)
+        };
+        let ok = format!("[{}, {}]", e("a"), e("b"));
+        let ids: Vec<_> = d
+            .decode(&record("herald.events", ok.as_bytes()))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        let bad = format!(r#"[{}, {{"v":1}}, {}]"#, e("a"), e("c"));
+        let err = d
+            .decode(&record("herald.events", bad.as_bytes()))
+            .unwrap_err();
+        assert_eq!(err.kept.len(), 1);
+        assert!(err.error.contains("bundle element 1"), "{}", err.error);
+        let huge = format!("[{}]", vec![e("x"); crate::event::MAX_BUNDLE + 1].join(","));
+        let err = d
+            .decode(&record("herald.events", huge.as_bytes()))
+            .unwrap_err();
+        assert!(err.error.contains("at most 1000"), "{}", err.error);
+    }
+
+    #[test]
+    fn a_bundle_is_admitted_whole_or_not_at_all() {
+        use crate::trust::keys::{NodeKey, signature_text};
+        use crate::trust::{Policy, Signature, StalwartRecords, TrustedKey};
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _) = NodeKey::load_or_create(&dir.path().join("k")).unwrap();
+        let policy = Policy {
+            keys: [(
+                key.id().to_string(),
+                TrustedKey {
+                    key: key.public(),
+                    kinds: Some(["queue-refresh"].into()),
+                },
+            )]
+            .into(),
+            require: crate::event::KINDS.iter().copied().collect(),
+            max_age: Default::default(),
+            stalwart: StalwartRecords::Refuse,
+        };
+        let d = Decoder {
+            trust: Some(Arc::new(policy)),
+            ..Decoder::default()
+        };
+        let signed = |value: &str| {
+            let mut r = record("herald.events", value.as_bytes());
+            r.key = Some(b"k".to_vec());
+            r.signature = Some(Signature {
+                key_id: key.id().as_bytes().to_vec(),
+                signature: signature_text(&key.sign(Some(b"k"), value.as_bytes())).into_bytes(),
+            });
+            r
+        };
+        let q = r#"{"v":1,"id":"a","kind":"queue-refresh","origin":"o","ts":1}"#;
+        let s = r#"{"v":1,"id":"b","kind":"settings-reload","origin":"o","ts":1}"#;
+        assert_eq!(d.decode(&signed(&format!("[{q},{q}]"))).unwrap().len(), 2);
+        let err = d.decode(&signed(&format!("[{q},{s}]"))).unwrap_err();
+        assert!(err.kept.is_empty());
+        assert!(err.error.contains("kind-not-allowed"), "{}", err.error);
     }
 
     #[test]

@@ -399,3 +399,20 @@ async fn a_dead_letter_waits_for_the_broker_and_is_not_lost() {
     assert_eq!(letters.kept.lock().unwrap().len(), 1);
     assert_eq!(letters.refuse.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test]
+async fn a_bundle_record_hands_every_event_to_the_handler() {
+    let h = Scripted::new("h", &["ip-block"], vec![]);
+    let d = dispatcher(vec![h.clone()], Default::default(), 0);
+    let mut batch = records(1);
+    let one = |id: &str, ip: &str| {
+        format!(
+            r#"{{"v":1,"id":"{id}","kind":"ip-block","origin":"t","ts":1,
+               "body":{{"ip":"{ip}","action":"block","reason":"r"}}}}"#
+        )
+    };
+    batch[0].value =
+        Some(format!("[{},{}]", one("b1", "192.0.2.4"), one("b2", "192.0.2.5")).into_bytes());
+    d.handle(&batch, &CancellationToken::new()).await.unwrap();
+    assert_eq!(h.calls(), vec![vec!["b1".to_string(), "b2".to_string()]]);
+}

@@ -97,6 +97,45 @@ impl Event {
         })
     }
 
+    /// Parse a record value: one envelope, or a bundle (a JSON array of at
+    /// most [`MAX_BUNDLE`] envelopes). A bundle that fails part-way answers
+    /// the events before the fault and the fault, naming the element.
+    pub fn from_record(
+        bytes: &[u8],
+        position: Position,
+    ) -> Result<Vec<Event>, (Vec<Event>, DecodeError)> {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'[') {
+            return Event::from_json(bytes, position)
+                .map(|e| vec![e])
+                .map_err(|e| (vec![], e));
+        }
+        let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(bytes)
+            .map_err(|e| (vec![], DecodeError(format!("bundle: {e}"))))?;
+        if items.len() > MAX_BUNDLE {
+            return Err((
+                vec![],
+                DecodeError(format!(
+                    "bundle: {} envelopes, at most {MAX_BUNDLE} are allowed",
+                    items.len()
+                )),
+            ));
+        }
+        let mut events = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match Event::from_json(item.get().as_bytes(), position.clone()) {
+                Ok(e) => events.push(e),
+                Err(e) => return Err((events, DecodeError(format!("bundle element {i}: {e}")))),
+            }
+        }
+        Ok(events)
+    }
+
+    /// A bundle record's value: `events` as one JSON array.
+    pub fn bundle_json(events: &[Event]) -> String {
+        Value::Array(events.iter().map(Event::to_json).collect()).to_string()
+    }
+
     pub fn to_json(&self) -> Value {
         serde_json::to_value(Envelope {
             v: ENVELOPE_VERSION,

@@ -30,6 +30,10 @@ pub const MAX_ID_LEN: usize = 256;
 /// The only envelope version this node understands.
 pub const ENVELOPE_VERSION: u32 = 1;
 
+/// The most envelopes one bundle record may hold (a JSON array of
+/// envelopes: one record, one signature, handled in order).
+pub const MAX_BUNDLE: usize = 1000;
+
 /// Where a record came from. Events read from a file carry the file name as
 /// the topic and the line number as the offset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

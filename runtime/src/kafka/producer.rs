@@ -103,14 +103,39 @@ impl Producer {
     }
 
     pub async fn publish_keyed(&self, key: &str, event: &Event) -> anyhow::Result<Delivered> {
-        let payload = event.to_json().to_string();
+        self.publish_signed(key, &event.to_json().to_string()).await
+    }
+
+    /// Publish `events` as one bundle record (one signature for all, handled
+    /// in order), keyed by the first event's entity. At most
+    /// [`crate::event::MAX_BUNDLE`] events.
+    pub async fn publish_bundle(&self, events: &[Event]) -> anyhow::Result<Delivered> {
+        let Some(first) = events.first() else {
+            anyhow::bail!("an empty bundle");
+        };
+        if events.len() > crate::event::MAX_BUNDLE {
+            anyhow::bail!(
+                "a bundle of {} events; at most {} fit in one record",
+                events.len(),
+                crate::event::MAX_BUNDLE
+            );
+        }
+        let key = first
+            .body
+            .entity_key()
+            .unwrap_or_else(|| first.body.kind().to_string());
+        self.publish_signed(&key, &Event::bundle_json(events)).await
+    }
+
+    /// Send `payload` keyed by `key` to the events topic, signed.
+    async fn publish_signed(&self, key: &str, payload: &str) -> anyhow::Result<Delivered> {
         let signature = signature_text(&self.key.sign(Some(key.as_bytes()), payload.as_bytes()));
         let headers = OwnedHeaders::new()
             .insert(header(KEY_ID_HEADER, self.key.id()))
             .insert(header(SIGNATURE_HEADER, &signature));
         let record = FutureRecord::to(&self.events_topic)
             .key(key)
-            .payload(&payload)
+            .payload(payload)
             .headers(headers);
         self.send(record).await
     }
