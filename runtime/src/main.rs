@@ -55,6 +55,9 @@ enum Command {
     /// Read and write Stalwart v0.16 coordination records (topic stwt.agora).
     #[command(subcommand)]
     Stalwart(StalwartCmd),
+    /// Work with the kernel firewall herald keeps (`firewall.nftables`).
+    #[command(subcommand)]
+    Firewall(FirewallCmd),
     /// Print the shell completion script for bash, zsh or fish (also elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the manual page, herald(1), in roff.
@@ -98,6 +101,16 @@ enum StalwartCmd {
     Decode { hex: Option<String> },
     /// Encode the JSON lines `decode` prints back into a record (hex).
     Encode,
+}
+
+#[derive(Subcommand)]
+enum FirewallCmd {
+    /// Delete herald's nftables table (the blocklist file is kept). Stop the
+    /// node first: a running node puts the table back at its next change.
+    Flush {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn init_tracing() {
@@ -168,6 +181,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Stalwart(StalwartCmd::Encode) => {
             herald::cli::stalwart::encode_cmd(&mut std::io::stdin().lock(), &mut stdout)?;
+        }
+        Command::Firewall(FirewallCmd::Flush { config }) => {
+            herald::cli::firewall::flush(&config, &mut stdout).await?
         }
         Command::Completions { shell } => {
             // Through a buffer: `generate` panics when a write fails (a closed pipe).
