@@ -232,9 +232,17 @@ impl Node {
         self.effects.flush().await?;
         self.effects.blocklist.export(true)?;
         // The last batches' changes, which the firewall task may have
-        // stopped before.
+        // stopped before; a hung nft does not hold the exit up for long.
         if let Some(firewall) = &self.effects.firewall {
-            firewall.sync(&self.effects.blocklist).await;
+            let last = firewall.sync(&self.effects.blocklist);
+            if tokio::time::timeout(Duration::from_secs(10), last)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "firewall: the last sync did not finish; the next start rebuilds the table"
+                );
+            }
         }
         result
     }

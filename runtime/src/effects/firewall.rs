@@ -625,7 +625,8 @@ impl Firewall {
 
     /// Keep the table equal to `blocklist` until `shutdown`: on every poke
     /// (a flushed batch) at once, on expiries within [`TICK`], after
-    /// failures with a growing pause; then one last sync.
+    /// failures with a growing pause. The node syncs once more after its
+    /// last flush.
     pub async fn run(self: Arc<Self>, blocklist: Arc<Blocklist>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -648,7 +649,6 @@ impl Firewall {
                 self.sync(&blocklist).await;
             }
         }
-        self.sync(&blocklist).await;
     }
 }
 

@@ -165,6 +165,8 @@ async fn without_nft_a_sync_fails_cleanly_and_is_retried() {
 /// `sleep` holder), or why there is none.
 struct Sandbox {
     holder: std::process::Child,
+    /// The namespace, as a path for `nsenter --net=`.
+    ns: String,
     wrapper: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -219,6 +221,7 @@ impl Sandbox {
         }
         Ok(Sandbox {
             holder,
+            ns,
             wrapper,
             _dir: dir,
         })
@@ -238,6 +241,47 @@ impl Drop for Sandbox {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
     }
+}
+
+#[tokio::test]
+async fn a_sync_without_permission_says_what_is_needed() {
+    let sandbox = match Sandbox::new() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("SKIPPED a_sync_without_permission_says_what_is_needed: {why}");
+            return;
+        }
+    };
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED a_sync_without_permission_says_what_is_needed: no setpriv");
+        return;
+    }
+    // nft as nobody, and inside the sandbox's namespace all the same.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let unprivileged = dir.path().join("nft");
+    std::fs::write(
+        &unprivileged,
+        format!(
+            "#!/bin/sh\nexec nsenter --net={} setpriv --reuid=65534 --regid=65534 \
+             --clear-groups {} \"$@\"\n",
+            sandbox.ns,
+            find_nft().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&unprivileged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let b = Blocklist::open(dir.path()).unwrap();
+    b.block("203.0.113.7", "x", None).unwrap();
+    let fw = Firewall::with_nft(cfg(), unprivileged);
+    assert!(!fw.sync(&b).await);
+    let error = fw.state.lock().await.last_error.clone().unwrap();
+    assert!(error.contains("CAP_NET_ADMIN"), "{error}");
+    assert_eq!(sandbox.list().trim(), "");
 }
 
 #[tokio::test]
