@@ -46,6 +46,12 @@
 //! Only parsed networks, numbers and the validated table name go into the
 //! JSON batches that `nft -j -f -` reads from its stdin, and every run of
 //! `nft` is bounded by [`NFT_TIMEOUT`].
+//!
+//! Cost, measured with nft 1.0.6: a rebuild with 100 000 elements takes
+//! about 2 s; an update of a set that large about 0.7 s (nft reads the
+//! interval set back), a few milliseconds for small sets. Updates are made
+//! by one task, which takes every change made since its last transaction
+//! into the next, so a busy list costs fewer transactions, never a backlog.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -203,9 +209,9 @@ fn element(value: Value, expires_at: Option<u64>, now_ms: u64) -> Value {
     }
 }
 
-/// The sets a table of `family` has: (name, element type).
+/// The sets a table of `family` has: (name, element type, protocol of the
+/// `saddr` match).
 fn sets(family: NftFamily) -> &'static [(&'static str, &'static str, &'static str)] {
-    // (set, type, protocol of the saddr match)
     match family {
         NftFamily::Inet => &[(SET_V4, "ipv4_addr", "ip"), (SET_V6, "ipv6_addr", "ip6")],
         NftFamily::Ip => &[(SET_V4, "ipv4_addr", "ip")],
