@@ -62,6 +62,9 @@ enum Command {
     /// Roll TLS certificates out to every node.
     #[command(subcommand)]
     Cert(CertCmd),
+    /// Work with the kernel firewall herald keeps (`firewall.nftables`).
+    #[command(subcommand)]
+    Firewall(FirewallCmd),
     /// Print the shell completion script for bash, zsh or fish (also elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the manual page, herald(1), in roff.
@@ -145,6 +148,16 @@ enum StalwartCmd {
     Encode,
 }
 
+#[derive(Subcommand)]
+enum FirewallCmd {
+    /// Delete herald's nftables table (the blocklist file is kept). Stop the
+    /// node first: a running node puts the table back at its next change.
+    Flush {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -226,6 +239,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             herald::cli::keys::publish_certificate(&config, &domains, &cert, &key, &mut stdout)
                 .await?
+        }
+        Command::Firewall(FirewallCmd::Flush { config }) => {
+            herald::cli::firewall::flush(&config, &mut stdout).await?
         }
         Command::Completions { shell } => {
             // Through a buffer: `generate` panics when a write fails (a closed pipe).

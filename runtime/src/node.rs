@@ -189,6 +189,11 @@ impl Node {
         shutdown: CancellationToken,
         on_api: impl FnOnce(SocketAddr),
     ) -> anyhow::Result<()> {
+        // The kernel enforces the blocklist before anything else happens,
+        // broker or not; a failure is logged and retried, never fatal.
+        if let Some(firewall) = &self.effects.firewall {
+            firewall.sync(&self.effects.blocklist).await;
+        }
         let mut topics = self.topics(Mode::Broadcast);
         topics.extend(
             topics
@@ -201,6 +206,14 @@ impl Node {
         on_api(api::serve(self.api_state(), &self.config, shutdown.clone()).await?);
 
         let mut tasks = JoinSet::new();
+        if let Some(firewall) = self.effects.firewall.clone() {
+            let blocklist = self.effects.blocklist.clone();
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                firewall.run(blocklist, stop).await;
+                Ok(())
+            });
+        }
         tasks.spawn(self.clone().supervise(session_timeout, shutdown.clone()));
         tasks.spawn(self.clone().housekeeping(shutdown.clone()));
         tasks.spawn(crate::watch::handler_folder(
@@ -219,6 +232,19 @@ impl Node {
         }
         self.effects.flush().await?;
         self.effects.blocklist.export(true)?;
+        // The last batches' changes, which the firewall task may have
+        // stopped before; a hung nft does not hold the exit up for long.
+        if let Some(firewall) = &self.effects.firewall {
+            let last = firewall.sync(&self.effects.blocklist);
+            if tokio::time::timeout(Duration::from_secs(10), last)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "firewall: the last sync did not finish; the next start rebuilds the table"
+                );
+            }
+        }
         result
     }
 

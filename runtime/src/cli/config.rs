@@ -94,6 +94,17 @@ fn summary(c: &Config, out: &mut dyn Write) -> std::io::Result<()> {
         let names: Vec<&str> = c.kafka.keys().map(String::as_str).collect();
         writeln!(out, "kafka properties: {}", names.join(", "))?;
     }
+    if let Some(n) = &c.firewall.nftables {
+        writeln!(
+            out,
+            "firewall: nftables table {} {} drops the blocklist at hook {} priority {} \
+             (needs nft and CAP_NET_ADMIN)",
+            n.family.as_str(),
+            n.table,
+            n.hook.as_str(),
+            n.priority
+        )?;
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod firewall;
 pub mod handler;
 pub mod keys;
 pub mod node;

@@ -23,7 +23,8 @@
 //!   "commitInterval": "250ms",
 //!   "api": { "listen": "127.0.0.1:8470", "unixSocket": null, "token": null, "tokenFile": null },
 //!   "stalwart": { "enabled": false, "nodeId": 900, "topic": "stwt.agora" },
-//!   "kafka": { "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512" }
+//!   "kafka": { "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512" },
+//!   "firewall": { "nftables": { "table": "herald", "family": "inet", "hook": "input", "priority": -10 } }
 //! }
 //! ```
 //!
@@ -162,6 +163,8 @@ pub struct Config {
     /// Extra librdkafka properties, passed through verbatim (`kafka`); never
     /// one of [`OWNED_KAFKA_PROPERTIES`].
     pub kafka: BTreeMap<String, String>,
+    /// The blocklist enforced by the kernel (`firewall`).
+    pub firewall: Firewall,
 }
 
 /// Topic names (`topics`).
@@ -362,6 +365,87 @@ impl Default for BlocklistPolicy {
     }
 }
 
+/// The blocklist enforced by the kernel (`firewall`); off unless set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Firewall {
+    /// An nftables table of herald's own that drops traffic from the
+    /// blocklist (`firewall.nftables`; see `effects::firewall`).
+    pub nftables: Option<Nftables>,
+}
+
+/// herald's nftables table (`firewall.nftables`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nftables {
+    /// The table's name (`firewall.nftables.table`, default `herald`):
+    /// a letter, then letters, digits and `_`, at most 64 in all.
+    pub table: String,
+    /// The table's family (`firewall.nftables.family`, default `inet`;
+    /// `ip` or `ip6` enforce only that version's entries).
+    pub family: NftFamily,
+    /// The hook of the dropping chain (`firewall.nftables.hook`, default
+    /// `input`; also `prerouting` or `forward`).
+    pub hook: NftHook,
+    /// The chain's priority at that hook (`firewall.nftables.priority`,
+    /// default -10: before the usual `filter` chains at 0).
+    pub priority: i32,
+}
+
+impl Default for Nftables {
+    /// Table `inet herald`, hook `input`, priority -10.
+    fn default() -> Self {
+        Nftables {
+            table: "herald".into(),
+            family: NftFamily::Inet,
+            hook: NftHook::Input,
+            priority: -10,
+        }
+    }
+}
+
+/// The family of herald's nftables table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NftFamily {
+    /// IPv4 and IPv6.
+    Inet,
+    /// IPv4 only.
+    Ip,
+    /// IPv6 only.
+    Ip6,
+}
+
+impl NftFamily {
+    /// The family as nft names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NftFamily::Inet => "inet",
+            NftFamily::Ip => "ip",
+            NftFamily::Ip6 => "ip6",
+        }
+    }
+}
+
+/// The hook of herald's dropping chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NftHook {
+    /// Packets for this host.
+    Input,
+    /// Every packet that arrives, before routing.
+    Prerouting,
+    /// Packets routed through this host.
+    Forward,
+}
+
+impl NftHook {
+    /// The hook as nft names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NftHook::Input => "input",
+            NftHook::Prerouting => "prerouting",
+            NftHook::Forward => "forward",
+        }
+    }
+}
+
 /// Whether a librdkafka property holds a secret, kept out of `Debug` output.
 fn is_secret_property(key: &str) -> bool {
     ["password", "secret", "key.pem", "oauthbearer.config"]
@@ -407,6 +491,7 @@ impl fmt::Debug for Config {
             .field("trust", &self.trust)
             .field("certificates", &self.certificates)
             .field("kafka", &kafka)
+            .field("firewall", &self.firewall)
             .finish()
     }
 }
@@ -479,6 +564,7 @@ impl Config {
             trust: None,
             certificates: Certificates::default(),
             kafka: BTreeMap::new(),
+            firewall: Firewall::default(),
         }
     }
 }

@@ -63,6 +63,8 @@ pub(super) struct Raw {
     pub(super) certificates: Option<super::trust::RawCertificates>,
     #[serde(default)]
     pub(super) kafka: Option<BTreeMap<String, PropertyValue>>,
+    #[serde(default)]
+    pub(super) firewall: Option<RawFirewall>,
 }
 
 #[derive(Deserialize, Default)]
@@ -182,6 +184,34 @@ pub(super) struct RawBlocklist {
     pub(super) max_entries: Option<usize>,
     #[serde(default)]
     pub(super) max_reason_bytes: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "an object with `nftables`"
+)]
+pub(super) struct RawFirewall {
+    #[serde(default)]
+    pub(super) nftables: Option<RawNftables>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "an object with `table`, `family`, `hook` and `priority`"
+)]
+pub(super) struct RawNftables {
+    #[serde(default)]
+    pub(super) table: Option<String>,
+    #[serde(default)]
+    pub(super) family: Option<String>,
+    #[serde(default)]
+    pub(super) hook: Option<String>,
+    #[serde(default)]
+    pub(super) priority: Option<i32>,
 }
 
 /// `brokers`: `["host:port", ...]` or Stalwart's set shape

@@ -445,3 +445,54 @@ fn config_trust_keys_kinds_and_stalwart_are_checked() {
     let e = err(&with(r#""certificates": {"sealTo": ["age1nope"]}"#));
     assert!(e.contains("certificates.sealTo[0]"), "{e}");
 }
+
+#[test]
+fn config_firewall_nftables_defaults_and_errors_name_the_field() {
+    assert_eq!(Config::parse(&with("")).unwrap().firewall.nftables, None);
+    let c = Config::parse(&with(r#""firewall": {"nftables": {}}"#)).unwrap();
+    assert_eq!(c.firewall.nftables, Some(Nftables::default()));
+    let c = Config::parse(&with(
+        r#""firewall": {"nftables": {"table": "edge_1", "family": "ip6", "hook": "prerouting", "priority": -300}}"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        c.firewall.nftables,
+        Some(Nftables {
+            table: "edge_1".into(),
+            family: NftFamily::Ip6,
+            hook: NftHook::Prerouting,
+            priority: -300
+        })
+    );
+    for (bad, field) in [
+        (
+            r#"{"nftables": {"table": "her ald"}}"#,
+            "firewall.nftables.table",
+        ),
+        (
+            r#"{"nftables": {"table": "1herald"}}"#,
+            "firewall.nftables.table",
+        ),
+        (
+            r#"{"nftables": {"table": "x\"; flush ruleset"}}"#,
+            "firewall.nftables.table",
+        ),
+        (
+            r#"{"nftables": {"family": "bridge"}}"#,
+            "firewall.nftables.family",
+        ),
+        (
+            r#"{"nftables": {"hook": "output"}}"#,
+            "firewall.nftables.hook",
+        ),
+        (
+            r#"{"nftables": {"priority": "first"}}"#,
+            "firewall.nftables.priority",
+        ),
+        (r#"{"nftables": {"prio": 1}}"#, "firewall.nftables"),
+        (r#"{"iptables": {}}"#, "firewall"),
+    ] {
+        let e = err(&with(&format!(r#""firewall": {bad}"#)));
+        assert!(e.contains(&format!("field `{field}")), "{bad}: {e}");
+    }
+}

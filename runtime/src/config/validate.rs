@@ -129,6 +129,7 @@ pub(super) fn parse(text: &str) -> anyhow::Result<Config> {
         .map(|t| super::trust::trust(t, stalwart.enabled))
         .transpose()?;
     let certificates = super::trust::certificates(raw.certificates.unwrap_or_default())?;
+    let firewall = firewall(raw.firewall.unwrap_or_default())?;
 
     Ok(Config {
         brokers,
@@ -152,6 +153,7 @@ pub(super) fn parse(text: &str) -> anyhow::Result<Config> {
         trust,
         certificates,
         kafka,
+        firewall,
     })
 }
 
@@ -458,4 +460,49 @@ fn kafka(raw: BTreeMap<String, PropertyValue>) -> anyhow::Result<BTreeMap<String
         out.insert(key, value);
     }
     Ok(out)
+}
+
+fn firewall(raw: RawFirewall) -> anyhow::Result<Firewall> {
+    let Some(n) = raw.nftables else {
+        return Ok(Firewall::default());
+    };
+    let d = Nftables::default();
+    let table = n.table.unwrap_or(d.table);
+    // Only a checked name ever reaches nft.
+    if table.is_empty()
+        || table.len() > 64
+        || !table.starts_with(|c: char| c.is_ascii_alphabetic())
+        || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        bail!(
+            "field `firewall.nftables.table`: `{table}` is not a table name; use a letter, then \
+             letters, digits and '_' (at most 64), e.g. \"herald\""
+        );
+    }
+    let family = match n.family.as_deref() {
+        None | Some("inet") => NftFamily::Inet,
+        Some("ip") => NftFamily::Ip,
+        Some("ip6") => NftFamily::Ip6,
+        Some(other) => bail!(
+            "field `firewall.nftables.family`: `{other}` is not one of \"inet\" (IPv4 and IPv6), \
+             \"ip\" or \"ip6\""
+        ),
+    };
+    let hook = match n.hook.as_deref() {
+        None | Some("input") => NftHook::Input,
+        Some("prerouting") => NftHook::Prerouting,
+        Some("forward") => NftHook::Forward,
+        Some(other) => bail!(
+            "field `firewall.nftables.hook`: `{other}` is not one of \"input\", \"prerouting\" \
+             or \"forward\""
+        ),
+    };
+    Ok(Firewall {
+        nftables: Some(Nftables {
+            table,
+            family,
+            hook,
+            priority: n.priority.unwrap_or(d.priority),
+        }),
+    })
 }

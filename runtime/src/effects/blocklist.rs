@@ -58,6 +58,9 @@ struct State {
     /// The list changed since the last export.
     stale_export: bool,
     last_export: Option<std::time::Instant>,
+    /// Counts changes, so that a copy elsewhere (the kernel's, in
+    /// [`super::firewall`]) knows whether it is behind.
+    generation: u64,
 }
 
 /// One journal line.
@@ -84,6 +87,7 @@ impl State {
         self.apply(change.clone());
         self.pending.push(change);
         self.stale_export = true;
+        self.generation += 1;
     }
 }
 
@@ -240,6 +244,24 @@ impl Blocklist {
             .filter(|e| e.expires_at.is_none_or(|t| t > now_ms))
             .cloned()
             .collect()
+    }
+
+    /// [`Blocklist::list`] with the list's generation, which changes with
+    /// every change: both taken at once.
+    pub fn in_force(&self, now_ms: u64) -> (u64, Vec<Entry>) {
+        let s = self.state.lock().unwrap();
+        let entries = s
+            .entries
+            .values()
+            .filter(|e| e.expires_at.is_none_or(|t| t > now_ms))
+            .cloned()
+            .collect();
+        (s.generation, entries)
+    }
+
+    /// The list's generation: it changes with every change.
+    pub fn generation(&self) -> u64 {
+        self.state.lock().unwrap().generation
     }
 
     /// The entry that covers `ip` at `now_ms`, if any.

@@ -8,6 +8,7 @@
 
 pub mod blocklist;
 pub mod certs;
+pub mod firewall;
 pub mod node;
 pub mod notify;
 pub mod push;

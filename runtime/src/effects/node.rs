@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::blocklist::{Blocklist, Policy};
 use super::certs::CertStore;
 use super::certs::hooks::Hooks;
+use super::firewall::Firewall;
 use super::notify::{Hub, Notice};
 use super::push::{PushClient, PushSettings};
 use super::{Effect, EffectError, EffectFuture, Effects};
@@ -27,6 +28,8 @@ pub struct NodeEffects {
     pub blocklist: Arc<Blocklist>,
     pub certificates: Arc<CertStore>,
     pub notices: Arc<Hub>,
+    /// The blocklist enforced by the kernel (`firewall.nftables`).
+    pub firewall: Option<Arc<Firewall>>,
     push: PushClient,
     publisher: Arc<dyn Publisher>,
     /// Opens sealed TLS private keys (`certificates.identityFile`).
@@ -53,6 +56,11 @@ impl NodeEffects {
             blocklist: Arc::new(Blocklist::open_with(state_dir, blocklist_policy(config))?),
             certificates: Arc::new(CertStore::open(state_dir)?),
             notices: Arc::new(Hub::default()),
+            firewall: config
+                .firewall
+                .nftables
+                .clone()
+                .map(|n| Arc::new(Firewall::new(n))),
             push: PushClient::open(
                 state_dir,
                 PushSettings {
@@ -270,7 +278,13 @@ impl Effects for NodeEffects {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || blocklist.flush())
                 .await
-                .map_err(|e| anyhow::anyhow!("blocklist flush: {e}"))?
+                .map_err(|e| anyhow::anyhow!("blocklist flush: {e}"))??;
+            // The kernel's copy follows in its own task: a slow or failing
+            // nft never holds up a commit.
+            if let Some(firewall) = &self.firewall {
+                firewall.poke();
+            }
+            Ok(())
         })
     }
 }
