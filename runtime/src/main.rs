@@ -55,6 +55,9 @@ enum Command {
     /// Read and write Stalwart v0.16 coordination records (topic stwt.agora).
     #[command(subcommand)]
     Stalwart(StalwartCmd),
+    /// Web Push: the node's VAPID identity.
+    #[command(subcommand)]
+    Push(PushCmd),
     /// Print the shell completion script for bash, zsh or fish (also elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the manual page, herald(1), in roff.
@@ -88,6 +91,17 @@ enum HandlerCmd {
         wasm: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PushCmd {
+    /// Print the VAPID public key (the `applicationServerKey` web clients
+    /// subscribe with), creating the key file the config names
+    /// (`push.vapid.keyFile`, default `<stateDir>/vapid.key`) if missing.
+    VapidKey {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -168,6 +182,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Stalwart(StalwartCmd::Encode) => {
             herald::cli::stalwart::encode_cmd(&mut std::io::stdin().lock(), &mut stdout)?;
+        }
+        Command::Push(PushCmd::VapidKey { config }) => {
+            herald::cli::push::vapid_key(&config, &mut stdout)?
         }
         Command::Completions { shell } => {
             // Through a buffer: `generate` panics when a write fails (a closed pipe).

@@ -4,5 +4,6 @@ pub mod config;
 pub mod demo;
 pub mod handler;
 pub mod node;
+pub mod push;
 pub mod stalwart;
 pub mod status;

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::event::{Body, DataTypes, Urgency};
+use crate::event::{Body, DataTypes, PushKeys, Urgency};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "effect", rename_all = "kebab-case")]
@@ -37,6 +37,14 @@ pub enum Effect {
         payload: String,
         ttl: u32,
         urgency: Urgency,
+        /// The subscription's keys: the auth secret is not shown.
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "p256dh_only"
+        )]
+        keys: Option<PushKeys>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     Block {
@@ -68,6 +76,14 @@ pub enum Effect {
         #[serde(serialize_with = "body_json")]
         body: Body,
     },
+}
+
+/// A push subscription's keys in a report: `p256dh` (public) and whether
+/// there is an `auth` secret, not the secret itself.
+fn p256dh_only<S: serde::Serializer>(keys: &Option<PushKeys>, s: S) -> Result<S::Ok, S::Error> {
+    keys.as_ref()
+        .map(|k| serde_json::json!({"p256dh": k.p256dh, "auth": "<redacted>"}))
+        .serialize(s)
 }
 
 fn body_json<S: serde::Serializer>(body: &Body, s: S) -> Result<S::Ok, S::Error> {
