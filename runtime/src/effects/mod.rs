@@ -186,3 +186,32 @@ impl Effects for Recorder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_push_effect_is_reported_without_the_auth_secret() {
+        let effect = Effect::PushDeliver {
+            event_id: "e".into(),
+            account_id: 5,
+            endpoint: "https://push.example/s".into(),
+            payload: "p".into(),
+            ttl: 60,
+            urgency: Urgency::Normal,
+            keys: Some(PushKeys {
+                p256dh: "BCVx".into(),
+                auth: "secret-auth".into(),
+            }),
+            topic: Some("inbox".into()),
+        };
+        let json = serde_json::to_value(&effect).unwrap();
+        assert_eq!(
+            json["keys"],
+            serde_json::json!({"p256dh": "BCVx", "auth": "<redacted>"})
+        );
+        assert_eq!(json["topic"], "inbox");
+        assert!(!json.to_string().contains("secret-auth"));
+    }
+}

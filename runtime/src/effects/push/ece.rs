@@ -120,6 +120,13 @@ fn decode(field: &str, text: &str) -> Result<Vec<u8>, String> {
     if text.is_empty() {
         return Err(format!("field `{field}`: empty"));
     }
+    // Keys are 88 characters at most: nothing longer is worth decoding.
+    if text.len() > 256 {
+        return Err(format!(
+            "field `{field}`: {} characters, far longer than a key",
+            text.len()
+        ));
+    }
     B64URL
         .decode(text.trim())
         .map_err(|err| format!("field `{field}`: not base64url ({err})"))
@@ -299,6 +306,11 @@ mod tests {
                 "field `keys.auth`: not base64url",
             ),
             (UA_PUBLIC, "", "field `keys.auth`: empty"),
+            (
+                &"A".repeat(100_000),
+                AUTH,
+                "field `keys.p256dh`: 100000 characters",
+            ),
         ];
         for (p256dh, auth, want) in cases {
             let err = Receiver::parse(p256dh, auth).unwrap_err();
