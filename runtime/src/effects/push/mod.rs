@@ -190,6 +190,11 @@ impl PushClient {
             .clone()
             .unwrap_or_else(|| state_dir.join(vapid::DEFAULT_KEY_FILE));
         let vapid = Vapid::load_or_create(&key_file, settings.vapid_subject.clone())?;
+        if settings.vapid_subject.is_none() {
+            tracing::warn!(
+                "push.vapid.subject is not set: VAPID tokens carry no `sub` contact, which some push services refuse"
+            );
+        }
         let mut http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             // A proxy from the environment would see every payload and
