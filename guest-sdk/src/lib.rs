@@ -30,8 +30,8 @@ pub use wit::log::Level;
 pub use wit::push::Message as PushMessage;
 pub use wit::types::{
     BlockAction, Body, CacheItem, CacheScope, CalendarAlert, DataTypes, EmailPush, Event, IpBlock,
-    NegativeEmail, Outcome, Position, Push, PushSubscriptionGone, RegistryAction, RegistryChange,
-    StateChange, TlsCertificate, Urgency,
+    NegativeEmail, Outcome, Position, Push, PushKeys, PushSubscriptionGone, RegistryAction,
+    RegistryChange, StateChange, TlsCertificate, Urgency,
 };
 
 /// What a handler module usually needs: `use herald_guest::prelude::*;`.
@@ -39,8 +39,8 @@ pub mod prelude {
     pub use crate::{
         BlockAction, Body, CacheItem, CacheScope, CalendarAlert, Certificate, DataTypes,
         EffectError, EmailPush, Event, Fail, Handled, Handler, Host, IpBlock, Level, OrFail, Push,
-        PushMessage, PushSubscriptionGone, RegistryChange, StateChange, TlsCertificate, reject,
-        retry,
+        PushKeys, PushMessage, PushSubscriptionGone, RegistryChange, StateChange, TlsCertificate,
+        reject, retry,
     };
 }
 
@@ -175,7 +175,8 @@ pub trait Handler {
     }
 
     /// A `push` event: a Web Push message to deliver once per cluster
-    /// (`push`: account, endpoint, payload, TTL, urgency).
+    /// (`push`: account, endpoint, payload, TTL, urgency, the subscription's
+    /// keys, topic).
     ///
     /// `Ok(())` once delivered, or when there is nothing left to deliver to;
     /// `Err(Retry)` to attempt the delivery again later.

@@ -297,6 +297,8 @@ pub fn push(account_id: u32, endpoint: &str, payload: &str) -> Event {
         payload: payload.to_string(),
         ttl: 60,
         urgency: Urgency::Normal,
+        keys: None,
+        topic: None,
     }))
 }
 

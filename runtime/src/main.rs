@@ -65,6 +65,9 @@ enum Command {
     /// Work with the kernel firewall herald keeps (`firewall.nftables`).
     #[command(subcommand)]
     Firewall(FirewallCmd),
+    /// Web Push: the node's VAPID identity.
+    #[command(subcommand)]
+    Push(PushCmd),
     /// Print the shell completion script for bash, zsh or fish (also elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the manual page, herald(1), in roff.
@@ -98,6 +101,17 @@ enum HandlerCmd {
         wasm: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PushCmd {
+    /// Print the VAPID public key (the `applicationServerKey` web clients
+    /// subscribe with), creating the key file the config names
+    /// (`push.vapid.keyFile`, default `<stateDir>/vapid.key`) if missing.
+    VapidKey {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -239,6 +253,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             herald::cli::keys::publish_certificate(&config, &domains, &cert, &key, &mut stdout)
                 .await?
+        }
+        Command::Push(PushCmd::VapidKey { config }) => {
+            herald::cli::push::vapid_key(&config, &mut stdout)?
         }
         Command::Firewall(FirewallCmd::Flush { config }) => {
             herald::cli::firewall::flush(&config, &mut stdout).await?

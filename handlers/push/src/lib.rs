@@ -1,5 +1,11 @@
 //! push: delivers Web Push messages, once per cluster (shared mode).
 //!
+//! The event is passed on as it is: the node encrypts the payload for the
+//! subscription's keys (RFC 8291), signs the request with its VAPID key
+//! (RFC 8292) and sends the `Topic`; without keys it sends a message with
+//! no payload. Keys or a topic the node cannot use (malformed, a payload too
+//! large to encrypt) are `invalid`: the event is rejected.
+//!
 //! A transient failure (network, 429, 5xx) asks herald to retry the event;
 //! a subscription that is gone (404/410) is not an error of the event: the
 //! node has already published that the subscription is gone.
@@ -18,6 +24,8 @@ impl Handler for WebPush {
             payload: push.payload.clone(),
             ttl: push.ttl,
             urgency: push.urgency,
+            keys: push.keys.clone(),
+            topic: push.topic.clone(),
         };
         // By class, but not through `?`: gone is the normal end of a
         // subscription, and the reasons stay the push service's own words.
@@ -39,8 +47,8 @@ herald_guest::export!(WebPush);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_guest::Outcome;
     use herald_guest::testing::{self, Effect, RecordingHost};
+    use herald_guest::{Outcome, PushKeys};
 
     fn run(host: &RecordingHost) -> Outcome {
         let ev = testing::push(5, "https://push.example/sub/abc", "hello");
@@ -56,6 +64,31 @@ mod tests {
                 assert_eq!(event_id, "test-event");
                 assert_eq!(message.endpoint, "https://push.example/sub/abc");
                 assert_eq!(message.payload, "hello");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn passes_keys_and_topic_on() {
+        let host = RecordingHost::new();
+        let mut ev = testing::push(5, "https://push.example/sub/abc", "hello");
+        let keys = PushKeys {
+            p256dh: "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4".into(),
+            auth: "BTBZMqHH6r4Tts7J_aSIgg".into(),
+        };
+        if let herald_guest::Body::Push(p) = &mut ev.body {
+            p.keys = Some(keys.clone());
+            p.topic = Some("inbox".into());
+        }
+        assert_eq!(
+            herald_guest::handle::<WebPush>(&host, &[ev]).remove(0),
+            Outcome::Ok
+        );
+        match &host.effects()[..] {
+            [Effect::DeliverPush { message, .. }] => {
+                assert_eq!(message.keys, Some(keys));
+                assert_eq!(message.topic.as_deref(), Some("inbox"));
             }
             other => panic!("{other:?}"),
         }

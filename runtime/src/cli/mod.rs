@@ -6,5 +6,6 @@ pub mod firewall;
 pub mod handler;
 pub mod keys;
 pub mod node;
+pub mod push;
 pub mod stalwart;
 pub mod status;

@@ -149,6 +149,8 @@ pub struct Config {
     /// Let pushes go to plain `http` and to loopback and private addresses
     /// (`push.allowPrivate`, default false; for test setups only).
     pub push_allow_private: bool,
+    /// The node's VAPID identity (`push.vapid`).
+    pub push_vapid: PushVapid,
     /// Events that came from more handler publishes in a row than this are
     /// dead-lettered, not handled (`publish.maxHops`, default 4).
     pub publish_max_hops: u32,
@@ -165,6 +167,20 @@ pub struct Config {
     pub kafka: BTreeMap<String, String>,
     /// The blocklist enforced by the kernel (`firewall`).
     pub firewall: Firewall,
+}
+
+/// How the node signs its push requests (`push.vapid`, RFC 8292). Every
+/// node of a cluster must use the same key: web clients subscribe with its
+/// public key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushVapid {
+    /// The private key's file (`push.vapid.keyFile`, default
+    /// `<stateDir>/vapid.key`; created if missing). See
+    /// [`Config::push_vapid_key_file`].
+    pub key_file: Option<PathBuf>,
+    /// The tokens' `sub` claim (`push.vapid.subject`): a `mailto:` or
+    /// `https:` URL where push services can reach the operator.
+    pub subject: Option<String>,
 }
 
 /// Topic names (`topics`).
@@ -486,6 +502,7 @@ impl fmt::Debug for Config {
             .field("stalwart", &self.stalwart)
             .field("blocklist", &self.blocklist)
             .field("push_allow_private", &self.push_allow_private)
+            .field("push_vapid", &self.push_vapid)
             .field("publish_max_hops", &self.publish_max_hops)
             .field("signing_key", &self.signing_key)
             .field("trust", &self.trust)
@@ -532,6 +549,15 @@ impl Config {
         self.group_prefix.clone()
     }
 
+    /// The VAPID key file: `push.vapid.keyFile`, by default `vapid.key` in
+    /// the state directory.
+    pub fn push_vapid_key_file(&self) -> PathBuf {
+        self.push_vapid.key_file.clone().unwrap_or_else(|| {
+            self.state_dir
+                .join(crate::effects::push::vapid::DEFAULT_KEY_FILE)
+        })
+    }
+
     /// Minimal config for tests and the demo: brokers + group + node, defaults elsewhere.
     ///
     /// `brokers` is one `host:port` or several separated by commas. Nothing is
@@ -559,6 +585,7 @@ impl Config {
             stalwart: Stalwart::default(),
             blocklist: BlocklistPolicy::default(),
             push_allow_private: false,
+            push_vapid: PushVapid::default(),
             publish_max_hops: crate::dispatch::DEFAULT_MAX_HOPS,
             signing_key: None,
             trust: None,

@@ -169,6 +169,17 @@ pub(super) struct RawPublish {
 pub(super) struct RawPush {
     #[serde(default)]
     pub(super) allow_private: Option<bool>,
+    #[serde(default)]
+    pub(super) vapid: Option<RawVapid>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawVapid {
+    #[serde(default)]
+    pub(super) key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) subject: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -496,3 +496,43 @@ fn config_firewall_nftables_defaults_and_errors_name_the_field() {
         assert!(e.contains(&format!("field `{field}")), "{bad}: {e}");
     }
 }
+
+#[test]
+fn config_push_vapid() {
+    let c = Config::parse(COORDINATOR).unwrap();
+    assert_eq!(c.push_vapid, PushVapid::default());
+    assert_eq!(
+        c.push_vapid_key_file(),
+        std::path::Path::new("/var/lib/herald/vapid.key")
+    );
+    let c = Config::parse(&with(
+        r#""stateDir": "/srv/herald", "push": {"vapid": {"subject": "mailto:ops@example.com"}}"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        c.push_vapid_key_file(),
+        std::path::Path::new("/srv/herald/vapid.key")
+    );
+    assert_eq!(
+        c.push_vapid.subject.as_deref(),
+        Some("mailto:ops@example.com")
+    );
+    let c = Config::parse(&with(
+        r#""push": {"vapid": {"keyFile": "/etc/herald/vapid.key", "subject": "https://example.com/ops"}}"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        c.push_vapid_key_file(),
+        std::path::Path::new("/etc/herald/vapid.key")
+    );
+
+    let e = err(&with(
+        r#""push": {"vapid": {"subject": "ops@example.com"}}"#,
+    ));
+    assert!(e.contains("field `push.vapid.subject`"), "{e}");
+    assert!(e.contains("mailto:"), "{e}");
+    let e = err(&with(r#""push": {"vapid": {"keyFile": ""}}"#));
+    assert!(e.contains("field `push.vapid.keyFile`"), "{e}");
+    let e = err(&with(r#""push": {"vapid": {"key": "x"}}"#));
+    assert!(e.contains("push.vapid"), "{e}");
+}

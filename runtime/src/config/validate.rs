@@ -118,7 +118,9 @@ pub(super) fn parse(text: &str) -> anyhow::Result<Config> {
     if publish_max_hops > 64 {
         bail!("field `publish.maxHops`: {publish_max_hops} is more than 64");
     }
-    let push_allow_private = raw.push.and_then(|p| p.allow_private).unwrap_or(false);
+    let raw_push = raw.push.unwrap_or_default();
+    let push_allow_private = raw_push.allow_private.unwrap_or(false);
+    let push_vapid = push_vapid(raw_push.vapid.unwrap_or_default())?;
     let kafka = kafka(raw.kafka.unwrap_or_default())?;
     let signing_key = match raw.signing_key {
         Some(p) => Some(path("signingKey", Some(p), "")?),
@@ -148,6 +150,7 @@ pub(super) fn parse(text: &str) -> anyhow::Result<Config> {
         stalwart,
         blocklist,
         push_allow_private,
+        push_vapid,
         publish_max_hops,
         signing_key,
         trust,
@@ -260,6 +263,22 @@ fn path(field: &str, value: Option<PathBuf>, default: &str) -> anyhow::Result<Pa
         bail!("field `{field}`: must not be empty");
     }
     Ok(p)
+}
+
+fn push_vapid(raw: RawVapid) -> anyhow::Result<PushVapid> {
+    if let Some(file) = &raw.key_file
+        && file.as_os_str().is_empty()
+    {
+        bail!("field `push.vapid.keyFile`: must not be empty");
+    }
+    if let Some(subject) = &raw.subject {
+        crate::effects::push::vapid::check_subject(subject)
+            .map_err(|why| anyhow!("field `push.vapid.subject`: {why}"))?;
+    }
+    Ok(PushVapid {
+        key_file: raw.key_file,
+        subject: raw.subject,
+    })
 }
 
 fn topics(raw: RawTopics) -> anyhow::Result<Topics> {

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::event::{Body, DataTypes, Urgency};
+use crate::event::{Body, DataTypes, PushKeys, Urgency};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "effect", rename_all = "kebab-case")]
@@ -38,6 +38,14 @@ pub enum Effect {
         payload: String,
         ttl: u32,
         urgency: Urgency,
+        /// The subscription's keys: the auth secret is not shown.
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "p256dh_only"
+        )]
+        keys: Option<PushKeys>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     Block {
@@ -69,6 +77,14 @@ pub enum Effect {
         #[serde(serialize_with = "body_json")]
         body: Body,
     },
+}
+
+/// A push subscription's keys in a report: `p256dh` (public) and whether
+/// there is an `auth` secret, not the secret itself.
+fn p256dh_only<S: serde::Serializer>(keys: &Option<PushKeys>, s: S) -> Result<S::Ok, S::Error> {
+    keys.as_ref()
+        .map(|k| serde_json::json!({"p256dh": k.p256dh, "auth": "<redacted>"}))
+        .serialize(s)
 }
 
 fn body_json<S: serde::Serializer>(body: &Body, s: S) -> Result<S::Ok, S::Error> {
@@ -169,5 +185,34 @@ impl Effects for Recorder {
             self.effects.lock().unwrap().push(effect);
             Ok(reply)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_push_effect_is_reported_without_the_auth_secret() {
+        let effect = Effect::PushDeliver {
+            event_id: "e".into(),
+            account_id: 5,
+            endpoint: "https://push.example/s".into(),
+            payload: "p".into(),
+            ttl: 60,
+            urgency: Urgency::Normal,
+            keys: Some(PushKeys {
+                p256dh: "BCVx".into(),
+                auth: "secret-auth".into(),
+            }),
+            topic: Some("inbox".into()),
+        };
+        let json = serde_json::to_value(&effect).unwrap();
+        assert_eq!(
+            json["keys"],
+            serde_json::json!({"p256dh": "BCVx", "auth": "<redacted>"})
+        );
+        assert_eq!(json["topic"], "inbox");
+        assert!(!json.to_string().contains("secret-auth"));
     }
 }

@@ -7,7 +7,7 @@ use super::certs::CertStore;
 use super::certs::hooks::Hooks;
 use super::firewall::Firewall;
 use super::notify::{Hub, Notice};
-use super::push::{PushClient, PushSettings};
+use super::push::{Message, PushClient, PushSettings};
 use super::{Effect, EffectError, EffectFuture, Effects};
 use crate::config::Config;
 use crate::event::{Body, Event, PushSubscriptionGone};
@@ -65,6 +65,8 @@ impl NodeEffects {
                 state_dir,
                 PushSettings {
                     allow_private: config.push_allow_private,
+                    vapid_key_file: Some(config.push_vapid_key_file()),
+                    vapid_subject: config.push_vapid.subject.clone(),
                     ..PushSettings::default()
                 },
             )?,
@@ -227,11 +229,18 @@ impl Effects for NodeEffects {
                     payload,
                     ttl,
                     urgency,
+                    keys,
+                    topic,
                 } => {
-                    let result = self
-                        .push
-                        .deliver(&event_id, &endpoint, payload.as_bytes(), ttl, urgency)
-                        .await;
+                    let message = Message {
+                        endpoint: &endpoint,
+                        payload: payload.as_bytes(),
+                        keys: keys.as_ref(),
+                        ttl,
+                        urgency,
+                        topic: topic.as_deref(),
+                    };
+                    let result = self.push.deliver(&event_id, &message).await;
                     if let Err(EffectError::Gone(why)) = &result {
                         // Tell the cluster, so the mail server deletes the
                         // subscription; if that fails, the handler retries

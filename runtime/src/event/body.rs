@@ -65,12 +65,32 @@ pub enum Urgency {
 pub struct Push {
     pub account_id: u32,
     pub endpoint: String,
+    /// What the user agent receives: encrypted for `keys`, and not sent at
+    /// all without them.
+    #[serde(default)]
     pub payload: String,
     /// Seconds; Web Push's TTL header.
     #[serde(default = "default_ttl")]
     pub ttl: u32,
     #[serde(default)]
     pub urgency: Urgency,
+    /// The subscription's keys, as browsers (`subscription.toJSON().keys`)
+    /// and JMAP clients (`PushSubscription.keys`) give them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<PushKeys>,
+    /// Web Push's `Topic` header: a newer message with the same topic
+    /// replaces an undelivered one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+}
+
+/// A push subscription's keys, base64url: `p256dh`, the user agent's P-256
+/// public key (65 bytes, uncompressed), and `auth`, its 16-byte
+/// authentication secret (RFC 8291).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushKeys {
+    pub p256dh: String,
+    pub auth: String,
 }
 
 fn default_ttl() -> u32 {

@@ -190,6 +190,11 @@ pub fn body_to_wit<'a>(body: &'a ev::Body, scratch: &'a Scratch<'a>) -> wit::Bod
             payload: &b.payload,
             ttl: b.ttl,
             urgency: urgency_to_wit(b.urgency),
+            keys: b.keys.as_ref().map(|k| wit::PushKeysParam {
+                p256dh: &k.p256dh,
+                auth: &k.auth,
+            }),
+            topic: b.topic.as_deref(),
         }),
         B::IpBlock(b) => W::IpBlock(wit::IpBlockParam {
             ip: &b.ip,
@@ -254,6 +259,11 @@ pub fn body_from_wit(body: wit::BodyResult) -> ev::Body {
             payload: b.payload,
             ttl: b.ttl,
             urgency: urgency_from_wit(b.urgency),
+            keys: b.keys.map(|k| ev::PushKeys {
+                p256dh: k.p256dh,
+                auth: k.auth,
+            }),
+            topic: b.topic,
         }),
         W::IpBlock(b) => B::IpBlock(ev::IpBlock {
             ip: b.ip,

@@ -166,8 +166,15 @@ impl push::Host for HostState {
         event_id: String,
         message: push::Message,
     ) -> Result<(), wit::EffectError> {
-        self.charge(event_id.len() + message.endpoint.len() + message.payload.len())
-            .map_err(to_wit)?;
+        let keys_len = message
+            .keys
+            .as_ref()
+            .map_or(0, |k| k.p256dh.len() + k.auth.len());
+        let topic_len = message.topic.as_ref().map_or(0, String::len);
+        self.charge(
+            event_id.len() + message.endpoint.len() + message.payload.len() + keys_len + topic_len,
+        )
+        .map_err(to_wit)?;
         let effect = Effect::PushDeliver {
             event_id,
             account_id: message.account_id,
@@ -175,6 +182,11 @@ impl push::Host for HostState {
             payload: message.payload,
             ttl: message.ttl,
             urgency: urgency_from_wit(message.urgency),
+            keys: message.keys.map(|k| crate::event::PushKeys {
+                p256dh: k.p256dh,
+                auth: k.auth,
+            }),
+            topic: message.topic,
         };
         self.apply(effect).await.map(drop).map_err(to_wit)
     }

@@ -2,11 +2,14 @@
 //! the `push` handler (shared mode, so once per cluster) asks the host to
 //! deliver a notification.
 //!
-//! A delivery is one `POST` of the payload to the subscription's endpoint
-//! with the headers of RFC 8030: `TTL`, `Urgency` and
-//! `Content-Type: application/octet-stream`. The payload is opaque: the
-//! publisher already encrypted it for the subscription, so no
-//! `Content-Encoding` is added here. The answer decides what happens next:
+//! A delivery is one `POST` to the subscription's endpoint with the headers
+//! of RFC 8030 (`TTL`, `Urgency`, and `Topic` when the event names one) and
+//! the VAPID `Authorization` of RFC 8292 ([`vapid`]). With the
+//! subscription's keys (`p256dh` and `auth`) the payload is encrypted for
+//! it ([`ece`], RFC 8291) and sent with `Content-Encoding: aes128gcm`;
+//! without keys nothing is sent but the headers (a "tickle": push services
+//! refuse unencrypted payloads), and the payload is left out. The answer
+//! decides what happens next:
 //!
 //! - any 2xx: delivered;
 //! - 429, 5xx, a network error or a timeout: retried within the call, up to
@@ -48,24 +51,29 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
 use reqwest::Url;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER,
+};
 
 use super::EffectError;
-use crate::event::{Urgency, now_ms};
+use crate::event::{PushKeys, Urgency, now_ms};
 
 mod delivered;
+pub mod ece;
 pub mod guard;
 #[cfg(test)]
 mod tests;
+pub mod vapid;
 
 pub use delivered::LOG_FILE;
 use delivered::Log;
+pub use vapid::Vapid;
 
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(200);
 /// Wait used for a `Retry-After` given as an HTTP-date (not parsed).
@@ -93,6 +101,12 @@ pub struct PushSettings {
     /// and other non-public addresses (`push.allowPrivate`, default false:
     /// for test setups only).
     pub allow_private: bool,
+    /// The node's VAPID key (`push.vapid.keyFile`; none: `vapid.key` in the
+    /// state directory), created if missing. See [`vapid`].
+    pub vapid_key_file: Option<PathBuf>,
+    /// The `sub` claim of VAPID tokens (`push.vapid.subject`): a `mailto:`
+    /// or `https:` URL; none leaves the claim out.
+    pub vapid_subject: Option<String>,
 }
 
 impl Default for PushSettings {
@@ -102,6 +116,40 @@ impl Default for PushSettings {
             max_retry_after: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             allow_private: false,
+            vapid_key_file: None,
+            vapid_subject: None,
+        }
+    }
+}
+
+/// One notification to deliver.
+#[derive(Clone, Copy, Debug)]
+pub struct Message<'a> {
+    /// The subscription's push endpoint (an `https` URL).
+    pub endpoint: &'a str,
+    /// What the user agent receives, encrypted for `keys`; not sent without
+    /// them.
+    pub payload: &'a [u8],
+    /// The subscription's keys (base64url `p256dh` and `auth`).
+    pub keys: Option<&'a PushKeys>,
+    /// Seconds the push service may keep the message (`TTL`).
+    pub ttl: u32,
+    pub urgency: Urgency,
+    /// Replaces an undelivered message with the same topic (`Topic`: at most
+    /// 32 characters of the base64url alphabet).
+    pub topic: Option<&'a str>,
+}
+
+impl<'a> Message<'a> {
+    /// A message without keys or topic.
+    pub fn new(endpoint: &'a str, payload: &'a [u8], ttl: u32, urgency: Urgency) -> Message<'a> {
+        Message {
+            endpoint,
+            payload,
+            keys: None,
+            ttl,
+            urgency,
+            topic: None,
         }
     }
 }
@@ -121,6 +169,7 @@ pub enum Delivered {
 pub struct PushClient {
     http: reqwest::Client,
     settings: PushSettings,
+    vapid: Vapid,
     /// First wait between attempts without `Retry-After`; doubles each time.
     backoff: Duration,
     log: Arc<Mutex<Log>>,
@@ -132,8 +181,20 @@ pub struct PushClient {
 impl PushClient {
     /// Open the client. `state_dir`: where the record of delivered event ids
     /// is kept (file `push-delivered.log`); it is created if missing, and the
-    /// ids delivered before a restart are read back from it.
+    /// ids delivered before a restart are read back from it. The VAPID key is
+    /// read from [`PushSettings::vapid_key_file`] (by default `vapid.key` in
+    /// `state_dir`), and created there if missing.
     pub fn open(state_dir: &Path, settings: PushSettings) -> anyhow::Result<PushClient> {
+        let key_file = settings
+            .vapid_key_file
+            .clone()
+            .unwrap_or_else(|| state_dir.join(vapid::DEFAULT_KEY_FILE));
+        let vapid = Vapid::load_or_create(&key_file, settings.vapid_subject.clone())?;
+        if settings.vapid_subject.is_none() {
+            tracing::warn!(
+                "push.vapid.subject is not set: VAPID tokens carry no `sub` contact, which some push services refuse"
+            );
+        }
         let mut http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             // A proxy from the environment would see every payload and
@@ -150,6 +211,7 @@ impl PushClient {
         Ok(PushClient {
             http,
             settings,
+            vapid,
             backoff: DEFAULT_BACKOFF,
             log: Arc::new(Mutex::new(log)),
             in_flight: Mutex::new(HashMap::new()),
@@ -163,25 +225,27 @@ impl PushClient {
         self
     }
 
-    /// POST `payload` to `endpoint` with Web Push headers (`TTL: ttl`,
-    /// `Urgency: urgency`), at most once per `event_id` from this node:
+    /// The node's VAPID public key (base64url): the `applicationServerKey`
+    /// web clients subscribe with.
+    pub fn vapid_public_key(&self) -> &str {
+        self.vapid.public_key()
+    }
+
+    /// POST `message` to its endpoint with Web Push headers, encrypted
+    /// when it has keys, at most once per `event_id` from this node:
     /// an id this node already delivered returns [`Delivered::Before`]
     /// without a request. On success the id is durably recorded before this
     /// returns. Errors: [`EffectError::Transient`] (429, 5xx, network error
     /// or timeout after the last attempt, or a `Retry-After` too long to wait
     /// for), [`EffectError::Gone`] (404, 410), [`EffectError::Invalid`] (a
-    /// bad endpoint or event id, a redirect, any other 4xx).
+    /// bad endpoint, event id, key or topic, a payload too large to encrypt,
+    /// a redirect, any other 4xx).
     pub async fn deliver(
         &self,
         event_id: &str,
-        endpoint: &str,
-        payload: &[u8],
-        ttl: u32,
-        urgency: Urgency,
+        message: &Message<'_>,
     ) -> Result<Delivered, EffectError> {
-        let result = self
-            .deliver_inner(event_id, endpoint, payload, ttl, urgency)
-            .await;
+        let result = self.deliver_inner(event_id, message).await;
         let status = match &result {
             Ok(Delivered::Now { .. }) => "delivered",
             Ok(Delivered::Before) => "duplicate",
@@ -211,23 +275,32 @@ impl PushClient {
     async fn deliver_inner(
         &self,
         event_id: &str,
-        endpoint: &str,
-        payload: &[u8],
-        ttl: u32,
-        urgency: Urgency,
+        message: &Message<'_>,
     ) -> Result<Delivered, EffectError> {
         check_event_id(event_id)?;
         if lock(&self.log).contains(event_id) {
             return Ok(Delivered::Before);
         }
-        let url = check_endpoint(endpoint, self.settings.allow_private)?;
+        let url = check_endpoint(message.endpoint, self.settings.allow_private)?;
+        if let Some(topic) = message.topic {
+            check_topic(topic)?;
+        }
+        // Encrypted once: every attempt sends the same body.
+        let body = match message.keys {
+            Some(keys) => {
+                let receiver =
+                    ece::Receiver::parse(&keys.p256dh, &keys.auth).map_err(EffectError::Invalid)?;
+                Some(ece::encrypt(&receiver, message.payload).map_err(EffectError::Invalid)?)
+            }
+            None => None,
+        };
 
         let _guard = self.claim(event_id).await;
         // Another call for the same id may have delivered while we waited.
         if lock(&self.log).contains(event_id) {
             return Ok(Delivered::Before);
         }
-        let (status, attempts) = self.post(&url, payload, ttl, urgency).await?;
+        let (status, attempts) = self.post(&url, message, body).await?;
         self.record(event_id).await?;
         Ok(Delivered::Now { status, attempts })
     }
@@ -251,27 +324,39 @@ impl PushClient {
     }
 
     /// The request loop: Ok((status, attempts)) on a 2xx.
+    /// `body`: the encrypted payload, or none for a message without keys.
     async fn post(
         &self,
         url: &Url,
-        payload: &[u8],
-        ttl: u32,
-        urgency: Urgency,
+        message: &Message<'_>,
+        body: Option<Vec<u8>>,
     ) -> Result<(u16, u32), EffectError> {
         let attempts = self.settings.attempts.max(1);
+        let origin = url.origin().ascii_serialization();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let sent = self
+            let now = now_ms() / 1000;
+            let mut request = self
                 .http
                 .post(url.clone())
                 .timeout(self.settings.request_timeout)
-                .header("TTL", ttl.to_string())
-                .header("Urgency", urgency_name(urgency))
-                .header(CONTENT_TYPE, "application/octet-stream")
-                .body(payload.to_vec())
-                .send()
-                .await;
+                .header("TTL", message.ttl.to_string())
+                .header("Urgency", urgency_name(message.urgency))
+                .header(AUTHORIZATION, self.vapid.authorization(&origin, now));
+            if let Some(topic) = message.topic {
+                request = request.header("Topic", topic);
+            }
+            request = match &body {
+                Some(body) => request
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_ENCODING, "aes128gcm")
+                    .body(body.clone()),
+                // No body, but said so: some push services answer 411
+                // to a POST without a length.
+                None => request.header(CONTENT_LENGTH, "0").body(Vec::new()),
+            };
+            let sent = request.send().await;
             let (failure, retry_after) = match sent {
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -393,6 +478,24 @@ fn check_event_id(id: &str) -> Result<(), EffectError> {
         )));
     }
     Ok(())
+}
+
+/// RFC 8030 §5.4: a topic is at most 32 characters of the URL-safe base64
+/// alphabet.
+fn check_topic(topic: &str) -> Result<(), EffectError> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 32
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(EffectError::Invalid(format!(
+            "field `topic`: {} is not 1 to 32 characters of the base64url alphabet (A-Z a-z 0-9 - _), as RFC 8030 requires",
+            quote(topic)
+        )))
+    }
 }
 
 /// `endpoint` as a URL, if it is one push may be sent to.

@@ -119,6 +119,7 @@ fn settings() -> PushSettings {
         request_timeout: Duration::from_secs(5),
         // The scripted push service listens on loopback.
         allow_private: true,
+        ..PushSettings::default()
     }
 }
 
@@ -136,7 +137,7 @@ async fn delivers_once_and_remembers_across_reopen() {
     let endpoint = server.url("/sub/abc");
 
     let first = push
-        .deliver("ev-1", &endpoint, b"hi", 60, Urgency::Normal)
+        .deliver("ev-1", &Message::new(&endpoint, b"hi", 60, Urgency::Normal))
         .await;
     assert_eq!(
         first,
@@ -147,7 +148,7 @@ async fn delivers_once_and_remembers_across_reopen() {
     );
     assert_eq!(push.remembered(), 1);
     let again = push
-        .deliver("ev-1", &endpoint, b"hi", 60, Urgency::Normal)
+        .deliver("ev-1", &Message::new(&endpoint, b"hi", 60, Urgency::Normal))
         .await;
     assert_eq!(again, Ok(Delivered::Before));
     assert_eq!(server.requests(), 1);
@@ -156,13 +157,13 @@ async fn delivers_once_and_remembers_across_reopen() {
     let reopened = client(dir.path(), settings());
     assert_eq!(reopened.remembered(), 1);
     let after = reopened
-        .deliver("ev-1", &endpoint, b"hi", 60, Urgency::Normal)
+        .deliver("ev-1", &Message::new(&endpoint, b"hi", 60, Urgency::Normal))
         .await;
     assert_eq!(after, Ok(Delivered::Before));
     assert_eq!(server.requests(), 1);
     // A different id is delivered, and appended on its own line.
     let other = reopened
-        .deliver("ev-2", &endpoint, b"hi", 60, Urgency::Normal)
+        .deliver("ev-2", &Message::new(&endpoint, b"hi", 60, Urgency::Normal))
         .await;
     assert_eq!(
         other,
@@ -178,7 +179,7 @@ async fn delivers_once_and_remembers_across_reopen() {
 }
 
 #[tokio::test]
-async fn sends_web_push_headers_and_body() {
+async fn sends_web_push_headers_and_no_body_without_keys() {
     let server = TestServer::start(vec![], reply(200)).await;
     let dir = tempfile::tempdir().unwrap();
     let push = client(dir.path(), settings());
@@ -192,15 +193,9 @@ async fn sends_web_push_headers_and_body() {
     ];
     for (i, (urgency, _)) in cases.iter().enumerate() {
         let id = format!("ev-{i}");
-        let got = push
-            .deliver(
-                &id,
-                &server.url("/sub/xyz"),
-                &payload,
-                3600 + i as u32,
-                *urgency,
-            )
-            .await;
+        let endpoint = server.url("/sub/xyz");
+        let message = Message::new(&endpoint, &payload, 3600 + i as u32, *urgency);
+        let got = push.deliver(&id, &message).await;
         assert_eq!(
             got,
             Ok(Delivered::Now {
@@ -215,10 +210,137 @@ async fn sends_web_push_headers_and_body() {
         assert_eq!(request.path, "/sub/xyz");
         assert_eq!(request.headers["ttl"], (3600 + i).to_string().as_str());
         assert_eq!(request.headers["urgency"], name);
-        assert_eq!(request.headers["content-type"], "application/octet-stream");
         assert!(request.headers.get("content-encoding").is_none());
-        assert_eq!(&request.body[..], &payload[..]);
+        assert!(request.headers.get("topic").is_none());
+        assert_eq!(request.headers["content-length"], "0");
+        assert!(request.body.is_empty(), "a payload without keys was sent");
+        let auth = request.headers["authorization"].to_str().unwrap();
+        assert!(auth.starts_with("vapid t="), "{auth}");
+        assert!(
+            auth.ends_with(&format!(", k={}", push.vapid_public_key())),
+            "{auth}"
+        );
     }
+}
+
+/// A subscription's keys whose private half the test keeps.
+fn subscriber() -> (p256::SecretKey, PushKeys) {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let key = p256::SecretKey::random(&mut rand_core::OsRng);
+    let keys = PushKeys {
+        p256dh: ece::b64url(key.public_key().to_encoded_point(false).as_bytes()),
+        auth: ece::b64url(&[9; 16]),
+    };
+    (key, keys)
+}
+
+#[tokio::test]
+async fn encrypts_for_the_keys_and_sends_the_topic() {
+    let server = TestServer::start(vec![], reply(201)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let push = client(dir.path(), settings());
+    let (_, keys) = subscriber();
+    let endpoint = server.url("/sub/k");
+    let message = Message {
+        keys: Some(&keys),
+        topic: Some("new-mail_1"),
+        ..Message::new(
+            &endpoint,
+            b"{\"type\":\"StateChange\"}",
+            60,
+            Urgency::Normal,
+        )
+    };
+    push.deliver("ev", &message).await.unwrap();
+    let seen = server.service.seen.lock().unwrap();
+    let request = &seen[0];
+    assert_eq!(request.headers["content-encoding"], "aes128gcm");
+    assert_eq!(request.headers["content-type"], "application/octet-stream");
+    assert_eq!(request.headers["topic"], "new-mail_1");
+    // salt, rs = 4096, idlen = 65, a P-256 point, then 22 + 1 + 16 bytes.
+    assert_eq!(request.body.len(), 86 + 22 + 1 + 16);
+    assert_eq!(&request.body[16..22], &[0, 0, 0x10, 0, 65, 4]);
+    assert!(!request.body.windows(9).any(|w| w == b"StateChan"));
+}
+
+#[tokio::test]
+async fn bad_keys_topics_and_payloads_are_invalid_without_a_request() {
+    let server = TestServer::start(vec![], reply(201)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let push = client(dir.path(), settings());
+    let (_, good) = subscriber();
+    let endpoint = server.url("/sub/bad");
+    let big = vec![b'x'; ece::MAX_PAYLOAD + 1];
+    let mut point = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        &good.p256dh,
+    )
+    .unwrap();
+    point[64] ^= 1;
+    let bad_point = PushKeys {
+        p256dh: ece::b64url(&point),
+        ..good.clone()
+    };
+    let cases: Vec<(Message, &str)> = vec![
+        (
+            Message {
+                keys: Some(&bad_point),
+                ..Message::new(&endpoint, b"p", 60, Urgency::Normal)
+            },
+            "field `keys.p256dh`",
+        ),
+        (
+            Message {
+                keys: Some(&good),
+                ..Message::new(&endpoint, &big, 60, Urgency::Normal)
+            },
+            "field `payload`: 3994 bytes",
+        ),
+        (
+            Message {
+                topic: Some("has space"),
+                ..Message::new(&endpoint, b"", 60, Urgency::Normal)
+            },
+            "field `topic`",
+        ),
+        (
+            Message {
+                topic: Some("a-topic-of-thirty-three-characters"),
+                ..Message::new(&endpoint, b"", 60, Urgency::Normal)
+            },
+            "field `topic`",
+        ),
+    ];
+    for (message, want) in cases {
+        let got = push.deliver("ev", &message).await;
+        let Err(EffectError::Invalid(why)) = got else {
+            panic!("expected invalid ({want}), got {got:?}");
+        };
+        assert!(why.contains(want), "{why}");
+    }
+    assert_eq!(server.requests(), 0);
+    assert_eq!(push.remembered(), 0);
+}
+
+#[test]
+fn a_bad_vapid_key_file_stops_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("vapid.key");
+    std::fs::write(&key, "not a key").unwrap();
+    let err = PushClient::open(dir.path(), settings()).err().unwrap();
+    assert!(err.to_string().contains("VAPID key file"), "{err:#}");
+    // The file the settings name, not the state directory's.
+    let named = dir.path().join("named.key");
+    let push = PushClient::open(
+        dir.path(),
+        PushSettings {
+            vapid_key_file: Some(named.clone()),
+            ..settings()
+        },
+    )
+    .unwrap();
+    let again = Vapid::load(&named, None).unwrap();
+    assert_eq!(push.vapid_public_key(), again.public_key());
 }
 
 #[tokio::test]
@@ -227,7 +349,10 @@ async fn retries_a_5xx() {
     let dir = tempfile::tempdir().unwrap();
     let push = client(dir.path(), settings());
     let got = push
-        .deliver("ev", &server.url("/s"), b"p", 60, Urgency::High)
+        .deliver(
+            "ev",
+            &Message::new(&server.url("/s"), b"p", 60, Urgency::High),
+        )
         .await;
     assert_eq!(
         got,
@@ -246,7 +371,10 @@ async fn waits_what_retry_after_asks() {
     let push = client(dir.path(), settings());
     let started = Instant::now();
     let got = push
-        .deliver("ev", &server.url("/s"), b"p", 60, Urgency::Low)
+        .deliver(
+            "ev",
+            &Message::new(&server.url("/s"), b"p", 60, Urgency::Low),
+        )
         .await;
     assert_eq!(
         got,
@@ -271,7 +399,10 @@ async fn does_not_wait_for_a_long_retry_after() {
     let push = client(dir.path(), settings());
     let started = Instant::now();
     let got = push
-        .deliver("ev", &server.url("/s"), b"p", 60, Urgency::Normal)
+        .deliver(
+            "ev",
+            &Message::new(&server.url("/s"), b"p", 60, Urgency::Normal),
+        )
         .await;
     let Err(EffectError::Transient(why)) = got else {
         panic!("expected transient, got {got:?}");
@@ -288,7 +419,10 @@ async fn gives_up_after_the_last_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let push = client(dir.path(), settings());
     let got = push
-        .deliver("ev", &server.url("/s"), b"p", 60, Urgency::Normal)
+        .deliver(
+            "ev",
+            &Message::new(&server.url("/s"), b"p", 60, Urgency::Normal),
+        )
         .await;
     let Err(EffectError::Transient(why)) = got else {
         panic!("expected transient, got {got:?}");
@@ -304,7 +438,10 @@ async fn gone_is_not_retried_nor_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let push = client(dir.path(), settings());
     let got = push
-        .deliver("ev", &server.url("/s"), b"p", 60, Urgency::Normal)
+        .deliver(
+            "ev",
+            &Message::new(&server.url("/s"), b"p", 60, Urgency::Normal),
+        )
         .await;
     let Err(EffectError::Gone(why)) = got else {
         panic!("expected gone, got {got:?}");
@@ -314,7 +451,10 @@ async fn gone_is_not_retried_nor_recorded() {
     assert_eq!(push.remembered(), 0);
     // Not recorded: a later call tries again.
     let later = push
-        .deliver("ev", &server.url("/s"), b"p", 60, Urgency::Normal)
+        .deliver(
+            "ev",
+            &Message::new(&server.url("/s"), b"p", 60, Urgency::Normal),
+        )
         .await;
     assert_eq!(
         later,
@@ -332,7 +472,10 @@ async fn not_found_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let push = client(dir.path(), settings());
     let got = push
-        .deliver("ev", &server.url("/s"), b"p", 60, Urgency::Normal)
+        .deliver(
+            "ev",
+            &Message::new(&server.url("/s"), b"p", 60, Urgency::Normal),
+        )
         .await;
     assert!(matches!(got, Err(EffectError::Gone(_))), "{got:?}");
     assert_eq!(server.requests(), 1);
@@ -345,7 +488,10 @@ async fn other_4xx_is_invalid() {
         let dir = tempfile::tempdir().unwrap();
         let push = client(dir.path(), settings());
         let got = push
-            .deliver("ev", &server.url("/s"), b"p", 60, Urgency::Normal)
+            .deliver(
+                "ev",
+                &Message::new(&server.url("/s"), b"p", 60, Urgency::Normal),
+            )
             .await;
         let Err(EffectError::Invalid(why)) = got else {
             panic!("expected invalid for {status}, got {got:?}");
@@ -368,7 +514,10 @@ async fn redirects_are_invalid_and_not_followed() {
     let dir = tempfile::tempdir().unwrap();
     let push = client(dir.path(), settings());
     let got = push
-        .deliver("ev", &server.url("/s"), b"p", 60, Urgency::Normal)
+        .deliver(
+            "ev",
+            &Message::new(&server.url("/s"), b"p", 60, Urgency::Normal),
+        )
         .await;
     let Err(EffectError::Invalid(why)) = got else {
         panic!("expected invalid, got {got:?}");
@@ -401,7 +550,7 @@ async fn refuses_bad_endpoints_without_connecting() {
     ] {
         let started = Instant::now();
         let got = push
-            .deliver("ev", endpoint, b"p", 60, Urgency::Normal)
+            .deliver("ev", &Message::new(endpoint, b"p", 60, Urgency::Normal))
             .await;
         let Err(EffectError::Invalid(why)) = got else {
             panic!("expected invalid for {endpoint}, got {got:?}");
@@ -482,7 +631,7 @@ async fn network_errors_are_retried_then_transient() {
     let dir = tempfile::tempdir().unwrap();
     let push = client(dir.path(), settings());
     let got = push
-        .deliver("ev", &endpoint, b"p", 60, Urgency::Normal)
+        .deliver("ev", &Message::new(&endpoint, b"p", 60, Urgency::Normal))
         .await;
     let Err(EffectError::Transient(why)) = got else {
         panic!("expected transient, got {got:?}");
@@ -503,7 +652,10 @@ async fn timeouts_are_retried_then_transient() {
     };
     let push = client(dir.path(), settings);
     let got = push
-        .deliver("ev", &server.url("/s"), b"p", 60, Urgency::Normal)
+        .deliver(
+            "ev",
+            &Message::new(&server.url("/s"), b"p", 60, Urgency::Normal),
+        )
         .await;
     let Err(EffectError::Transient(why)) = got else {
         panic!("expected transient, got {got:?}");
@@ -521,10 +673,11 @@ async fn concurrent_calls_for_one_id_post_once() {
     let dir = tempfile::tempdir().unwrap();
     let push = client(dir.path(), settings());
     let endpoint = server.url("/s");
+    let message = Message::new(&endpoint, b"p", 60, Urgency::Normal);
     let (a, b, c) = tokio::join!(
-        push.deliver("ev", &endpoint, b"p", 60, Urgency::Normal),
-        push.deliver("ev", &endpoint, b"p", 60, Urgency::Normal),
-        push.deliver("ev", &endpoint, b"p", 60, Urgency::Normal),
+        push.deliver("ev", &message),
+        push.deliver("ev", &message),
+        push.deliver("ev", &message),
     );
     let mut results = [a.unwrap(), b.unwrap(), c.unwrap()];
     results.sort_by_key(|r| matches!(r, Delivered::Before));
@@ -563,7 +716,7 @@ async fn concurrent_calls_on_a_multithreaded_runtime() {
                     let endpoint = endpoint.clone();
                     tokio::spawn(async move {
                         let id = format!("ev-{}", i % 4);
-                        push.deliver(&id, &endpoint, b"p", 60, Urgency::Normal)
+                        push.deliver(&id, &Message::new(&endpoint, b"p", 60, Urgency::Normal))
                             .await
                     })
                 })
@@ -593,7 +746,10 @@ async fn rejects_ids_that_cannot_be_recorded() {
     let push = client(dir.path(), settings());
     for id in ["", "a\nb", "a\r"] {
         let got = push
-            .deliver(id, "https://push.example/s", b"p", 60, Urgency::Normal)
+            .deliver(
+                id,
+                &Message::new("https://push.example/s", b"p", 60, Urgency::Normal),
+            )
             .await;
         assert!(matches!(got, Err(EffectError::Invalid(_))), "{got:?}");
     }
