@@ -18,12 +18,11 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use herald_tests::cluster::{Install, TestCluster, ip_block};
+use herald_tests::cluster::{Install, OwnBroker, TestCluster, free_port, ip_block};
 use herald_tests::herald_bin;
 use serde_json::json;
 
@@ -183,52 +182,6 @@ fn wire(peer: &Peer) -> Result<(), String> {
     Ok(())
 }
 
-/// nisshi on the node's loopback (a namespace cannot reach the shared
-/// test broker).
-struct Broker {
-    child: Child,
-    addr: String,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let bin: PathBuf = std::env::var_os("HERALD_NISSHI")
-            .expect("HERALD_NISSHI: run through tests/broker.sh")
-            .into();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://nisshi/"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nisshi");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nisshi did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Broker {
-            child,
-            addr: format!("127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn nft(args: &[&str]) -> String {
     run(Command::new(herald::effects::firewall::find_nft()).args(args)).unwrap_or_default()
 }
@@ -279,9 +232,9 @@ fn blocks_reach_the_kernel_then_unblocks_and_restarts() {
 }
 
 async fn scenario(peer: &Peer) {
-    let broker = Broker::start();
+    let broker = OwnBroker::start(free_port());
     let mut cluster = TestCluster::on_broker(
-        broker.addr.clone(),
+        broker.address(),
         "firewall",
         1,
         &[Install::builtin("blocking")],

@@ -2,11 +2,11 @@
 //! that fails fast on missing topics, the README's API commands working as
 //! written, and a demo that prints for people and stops quietly.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use herald_tests::cluster::{
-    Install, NodeProcess, TOKEN, TestCluster, ip_block, unique, wait_until,
+    Install, NodeProcess, OwnBroker, TOKEN, TestCluster, free_port, ip_block, unique, wait_until,
 };
 use serde_json::json;
 
@@ -30,67 +30,6 @@ async fn readyz(node: &mut NodeProcess) -> (u16, serde_json::Value) {
         status,
         serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
     )
-}
-
-/// A broker of this test's own (the shared one must not go away), on a
-/// fixed port so that it can come back where the node expects it.
-struct OwnBroker {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnBroker {
-    fn start(port: u16) -> OwnBroker {
-        let bin =
-            std::env::var("HERALD_NISSHI").expect("HERALD_NISSHI: run through tests/broker.sh");
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://nisshi/"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nisshi");
-        wait_until("the broker listens", LONG, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        OwnBroker {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread")]

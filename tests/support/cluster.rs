@@ -650,3 +650,67 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A broker of a test's own (the shared one must not go away, or cannot be
+/// reached from a network namespace), on a fixed port so that it can come
+/// back where the node expects it. Started from the calling thread, so in
+/// its network namespace.
+pub struct OwnBroker {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl OwnBroker {
+    pub fn start(port: u16) -> OwnBroker {
+        let bin =
+            std::env::var("HERALD_NISSHI").expect("HERALD_NISSHI: run through tests/broker.sh");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://nisshi/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nisshi");
+        wait_until("the broker listens", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        OwnBroker {
+            port,
+            child: Some(child),
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback port free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
