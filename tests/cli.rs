@@ -144,3 +144,61 @@ fn config_check_refuses_no_brokers() {
     assert!(!ok);
     assert!(out.contains("at least one broker is required"), "{out}");
 }
+
+/// `herald keys show` makes the node's key on first use (0600) and prints
+/// the trust entry, which another node's config then accepts as written;
+/// `keys generate` never overwrites a key.
+#[test]
+fn keys_show_prints_a_trust_entry_that_config_check_accepts() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.json");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &config,
+        serde_json::json!({"brokers": ["kafka1:9092"], "groupId": "g", "nodeId": "n1",
+                           "stateDir": state})
+        .to_string(),
+    )
+    .unwrap();
+    let show = || {
+        let out = Command::new(herald_bin())
+            .args(["keys", "show", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = show();
+    assert!(first.contains("(created"), "{first}");
+    let mode = std::fs::metadata(state.join("node.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let second = show();
+    assert!(!second.contains("(created"), "{second}");
+    let entry = second
+        .lines()
+        .find_map(|l| l.strip_prefix("trust entry: "))
+        .expect("a trust entry line");
+    assert!(first.contains(entry), "the key changed between runs");
+    let (ok, out) = config_check(&format!(
+        r#"{{"brokers": ["kafka1:9092"], "groupId": "g", "nodeId": "n2",
+            "trust": {{"keys": {{{entry}}}}}}}"#
+    ));
+    assert!(ok, "{out}");
+
+    let again = Command::new(herald_bin())
+        .args(["keys", "generate", "--out"])
+        .arg(state.join("node.key"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
+}

@@ -536,3 +536,39 @@ fn config_push_vapid() {
     let e = err(&with(r#""push": {"vapid": {"key": "x"}}"#));
     assert!(e.contains("push.vapid"), "{e}");
 }
+
+#[test]
+fn config_certificate_hooks_are_checked() {
+    let c = Config::parse(&with(
+        r#""certificates": {"hooks": [{"domains": ["*.example.com"], "command": ["systemctl", "reload", "nginx"]}]}"#,
+    ))
+    .unwrap();
+    let hook = &c.certificates.hooks[0];
+    assert_eq!(hook.name, "systemctl");
+    assert_eq!(hook.timeout, Duration::from_secs(30));
+    for (bad, field) in [
+        (
+            r#"{"domains": ["*"], "command": []}"#,
+            "certificates.hooks[0].command",
+        ),
+        (
+            r#"{"domains": [], "command": ["x"]}"#,
+            "certificates.hooks[0].domains",
+        ),
+        (
+            r#"{"domains": ["a b"], "command": ["x"]}"#,
+            "certificates.hooks[0].domains",
+        ),
+        (
+            r#"{"domains": ["*"], "command": ["x"], "timeout": "2h"}"#,
+            "certificates.hooks[0].timeout",
+        ),
+        (
+            r#"{"domains": ["*"], "command": ["x"], "shell": true}"#,
+            "certificates.hooks[0]",
+        ),
+    ] {
+        let e = err(&with(&format!(r#""certificates": {{"hooks": [{bad}]}}"#)));
+        assert!(e.contains(&format!("field `{field}")), "{bad}: {e}");
+    }
+}
