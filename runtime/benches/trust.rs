@@ -11,8 +11,16 @@ use herald::codec::{Decoder, Record};
 use herald::trust::keys::{NodeKey, signature_text};
 use herald::trust::{Policy, Signature, StalwartRecords, TrustedKey};
 
-const RECORDS: usize = 20_000;
 const ROUNDS: usize = 5;
+
+/// Events per run: 20 000, or 2 000 with `--quick` (`just bench-quick`).
+fn events() -> usize {
+    if std::env::args().any(|a| a == "--quick") {
+        2_000
+    } else {
+        20_000
+    }
+}
 
 fn envelope(i: usize) -> String {
     let ip = format!("198.18.{}.{}", i / 256, i % 256);
@@ -22,10 +30,10 @@ fn envelope(i: usize) -> String {
     )
 }
 
-/// `RECORDS` events, `per_record` to a record (1: plain envelopes; more:
+/// `events()` events, `per_record` to a record (1: plain envelopes; more:
 /// bundles), each record signed.
 fn records(key: &NodeKey, per_record: usize) -> Vec<Record> {
-    (0..RECORDS / per_record)
+    (0..events() / per_record)
         .map(|i| {
             let value = if per_record == 1 {
                 envelope(i)
@@ -92,7 +100,10 @@ fn main() {
         trust: Some(Arc::new(policy)),
         ..Decoder::default()
     };
-    println!("trust: {RECORDS} signed ip-block events, median of {ROUNDS} rounds");
+    println!(
+        "trust: {} signed ip-block events, median of {ROUNDS} rounds",
+        events()
+    );
     for per_record in [1, 10, 100] {
         let records = records(&key, per_record);
         // Warm up both paths once.
