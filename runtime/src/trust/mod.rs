@@ -7,12 +7,12 @@
 //! ([`signed_message`]): changing a byte of the value, or moving the value
 //! under another entity's key, breaks it.
 //!
-//! With `trust` in the config, [`Policy::check`] runs on every record before
-//! any handler sees it: a bad signature, an unknown key, a kind the key may
-//! not sign, an unsigned event of a kind that must be signed, an event older
-//! than its kind's `maxAge`, or a TLS private key in plaintext turns the
-//! record into a dead letter whose `herald-error` says which
-//! ([`Untrusted`]), counted by `herald_untrusted_total{reason}`.
+//! With `trust` in the config, [`Policy::verify`] and [`Policy::admit`] run on
+//! every record before any handler sees it: a bad signature, an unknown key,
+//! a kind the key may not sign, an unsigned event of a kind that must be
+//! signed, an event older than its kind's `maxAge`, or a TLS private key in
+//! plaintext turns the record into a dead letter whose `herald-error` says
+//! which ([`Untrusted`]), counted by `herald_untrusted_total{reason}`.
 //!
 //! A valid signature does not make an event fresh: a signed event replayed
 //! later verifies again. What bounds a replay is `trust.maxAge` (per kind,
