@@ -92,6 +92,13 @@ bench filter="": build
     {{ if filter == "" { "cargo bench -p herald --bench sandbox" } else { "true" } }}
     tests/broker.sh run cargo bench -p herald-tests --bench end_to_end -- {{ filter }}
 
+# The same benchmarks, smaller (a couple of minutes once built): to check a
+# change cheaply. Compare its figures with each other, not with the targets.
+bench-quick filter="": build
+    tests/broker.sh install
+    {{ if filter == "" { "cargo bench -p herald --bench sandbox -- --quick" } else { "true" } }}
+    HERALD_BENCH_QUICK=1 tests/broker.sh run cargo bench -p herald-tests --bench end_to_end -- {{ filter }}
+
 # Fuzz the Stalwart decoder (nightly; SECONDS=600 for a long run).
 fuzz seconds="60":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
