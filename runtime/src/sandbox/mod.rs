@@ -18,7 +18,7 @@ use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -151,12 +151,43 @@ pub struct Sandbox {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     cache: Option<cache::Cache>,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.ticker.stop.store(true, Ordering::Relaxed);
+        self.ticker.thread.get().map(std::thread::Thread::unpark);
+    }
+}
+
+/// The epoch ticker's state. It advances the epoch only while some store
+/// exists (a call may be running wasm); otherwise it sleeps parked, so an
+/// idle node does not wake a thousand times a second for nothing. A store
+/// created while it is parked unparks it; the deadline it sets counts from
+/// there, as the epoch did not move meanwhile.
+struct Ticker {
+    stop: AtomicBool,
+    /// Stores alive.
+    live: AtomicUsize,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// Held by every store: the ticker runs while any is alive.
+struct Ticking(Arc<Ticker>);
+
+impl Ticking {
+    fn new(ticker: &Arc<Ticker>) -> Ticking {
+        if ticker.live.fetch_add(1, Ordering::AcqRel) == 0 {
+            ticker.thread.get().map(std::thread::Thread::unpark);
+        }
+        Ticking(ticker.clone())
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -228,22 +259,33 @@ impl Sandbox {
             None => None,
         };
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let (e, stop) = (engine.clone(), ticker_stop.clone());
-        std::thread::Builder::new()
+        let ticker = Arc::new(Ticker {
+            stop: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
+            thread: std::sync::OnceLock::new(),
+        });
+        let (e, t) = (engine.clone(), ticker.clone());
+        let thread = std::thread::Builder::new()
             .name("herald-epoch".into())
             .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
+                while !t.stop.load(Ordering::Relaxed) {
+                    if t.live.load(Ordering::Acquire) == 0 {
+                        // An unpark between the check and here makes
+                        // this return at once.
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     e.increment_epoch();
                 }
             })?;
+        let _ = ticker.thread.set(thread.thread().clone());
 
         Ok(Sandbox {
             engine,
             linker: Arc::new(linker),
             cache,
-            ticker_stop,
+            ticker,
         })
     }
 
@@ -358,6 +400,7 @@ impl Sandbox {
         handler: &Loaded,
         effects: Arc<dyn Effects>,
     ) -> Result<Session, CallError> {
+        let ticking = Ticking::new(&self.ticker);
         let stdout = GuestOutput::default();
         let stderr = GuestOutput::default();
         let wasi = WasiCtxBuilder::new()
@@ -397,6 +440,7 @@ impl Sandbox {
             store,
             instance,
             deadline,
+            _ticking: ticking,
         })
     }
 }
@@ -406,6 +450,7 @@ pub struct Session {
     store: Store<HostState>,
     instance: Handler,
     deadline: Duration,
+    _ticking: Ticking,
 }
 
 impl Session {
