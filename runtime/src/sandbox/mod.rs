@@ -157,7 +157,9 @@ pub struct Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.ticker.stop.store(true, Ordering::Relaxed);
-        self.ticker.thread.get().map(std::thread::Thread::unpark);
+        if let Some(thread) = self.ticker.thread.get() {
+            thread.unpark();
+        }
     }
 }
 
@@ -178,8 +180,10 @@ struct Ticking(Arc<Ticker>);
 
 impl Ticking {
     fn new(ticker: &Arc<Ticker>) -> Ticking {
-        if ticker.live.fetch_add(1, Ordering::AcqRel) == 0 {
-            ticker.thread.get().map(std::thread::Thread::unpark);
+        if ticker.live.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(thread) = ticker.thread.get()
+        {
+            thread.unpark();
         }
         Ticking(ticker.clone())
     }
