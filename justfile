@@ -93,7 +93,7 @@ bench filter="": build
     {{ if filter == "" { "cargo bench -p herald --bench sandbox && cargo bench -p herald --bench decode" } else { "true" } }}
     tests/broker.sh run cargo bench -p herald-tests --bench end_to_end -- {{ filter }}
 
-# The same benchmarks, smaller (a couple of minutes once built): to check a
+# The same benchmarks, smaller (about 90 s once built): to check a
 # change cheaply. Compare its figures with each other, not with the targets.
 bench-quick filter="": build
     tests/broker.sh install
