@@ -3,7 +3,7 @@
 #   just test    build everything and run every test
 #   just lint    formatting, clippy and rustdoc, warnings as errors
 #   just package the Debian package, target/debian/herald_<version>-1_<arch>.deb
-#   just bench   sandbox and end-to-end benchmarks
+#   just bench   sandbox, decode, trust and end-to-end benchmarks (bench-quick: smaller)
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
@@ -93,11 +93,19 @@ lint: setup
     cargo bench --workspace --no-run
 
 # Benchmarks; figures are ratios against baselines measured in the same run.
-# `just bench memory` (or throughput, latency) runs one end-to-end section.
+# `just bench memory` (or throughput, latency; several: latency,memory) runs
+# those end-to-end sections only.
 bench filter="": build
     tests/broker.sh install
-    {{ if filter == "" { "cargo bench -p herald --bench sandbox" } else { "true" } }}
+    {{ if filter == "" { "cargo bench -p herald --bench sandbox && cargo bench -p herald --bench decode && cargo bench -p herald --bench trust" } else { "true" } }}
     tests/broker.sh run cargo bench -p herald-tests --bench end_to_end -- {{ filter }}
+
+# The same benchmarks, smaller (about 90 s once built): to check a
+# change cheaply. Compare its figures with each other, not with the targets.
+bench-quick filter="": build
+    tests/broker.sh install
+    {{ if filter == "" { "cargo bench -p herald --bench sandbox -- --quick && cargo bench -p herald --bench decode -- --quick && cargo bench -p herald --bench trust -- --quick" } else { "true" } }}
+    HERALD_BENCH_QUICK=1 tests/broker.sh run cargo bench -p herald-tests --bench end_to_end -- {{ filter }}
 
 # Fuzz the Stalwart decoder (nightly; SECONDS=600 for a long run).
 fuzz seconds="60":

@@ -14,8 +14,18 @@ use herald::event::{BlockAction, Body, Event, IpBlock};
 use herald::manifest::Manifest;
 use herald::sandbox::{Loaded, Sandbox, SandboxConfig};
 
-const EVENTS: usize = 20_000;
-const ROUNDS: usize = 5;
+/// `--quick` (`just bench-quick`): a quarter of the events, three rounds.
+fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+}
+
+fn events_n() -> usize {
+    if quick() { 5_000 } else { 20_000 }
+}
+
+fn rounds() -> usize {
+    if quick() { 3 } else { 5 }
+}
 
 /// Applies nothing, counts blocks: the same work as the native host below.
 #[derive(Default)]
@@ -75,7 +85,7 @@ impl herald_guest::Host for NativeHost {
 }
 
 fn events() -> Vec<Event> {
-    (0..EVENTS)
+    (0..events_n())
         .map(|i| {
             let mut e = Event::new(
                 "node-2",
@@ -119,11 +129,12 @@ fn native_events(events: &[Event]) -> Vec<herald_guest::Event> {
         .collect()
 }
 
-/// Median time over ROUNDS runs of `f`.
+/// Median time over `rounds()` runs of `f`.
 fn median(mut f: impl FnMut() -> Duration) -> Duration {
-    let mut runs: Vec<Duration> = (0..ROUNDS).map(|_| f()).collect();
+    let rounds = rounds();
+    let mut runs: Vec<Duration> = (0..rounds).map(|_| f()).collect();
     runs.sort();
-    runs[ROUNDS / 2]
+    runs[rounds / 2]
 }
 
 async fn fresh(sb: &Sandbox, h: &Loaded, events: &[Event], batch: usize) -> Duration {
@@ -183,7 +194,9 @@ fn main() {
         .unwrap();
 
     println!(
-        "blocking handler, {EVENTS} ip-block events, median of {ROUNDS} runs (same process, same run)\n"
+        "blocking handler, {} ip-block events, median of {} runs (same process, same run)\n",
+        events_n(),
+        rounds()
     );
     println!(
         "{:<28} {:>6} {:>14} {:>10} {:>12}",
@@ -205,10 +218,10 @@ fn main() {
             rows.push(("wasm, reused instance", took));
         }
         for (name, took) in rows {
-            let per = took.as_secs_f64() * 1e6 / EVENTS as f64;
+            let per = took.as_secs_f64() * 1e6 / events_n() as f64;
             println!(
                 "{name:<28} {batch:>6} {:>14.0} {per:>10.3} {:>11.1}x",
-                EVENTS as f64 / took.as_secs_f64(),
+                events_n() as f64 / took.as_secs_f64(),
                 took.as_secs_f64() / base.as_secs_f64()
             );
         }

@@ -46,6 +46,9 @@ pub struct Blocklist {
     /// Held for a whole export, so that two exports (housekeeping and
     /// shutdown) cannot finish in the opposite order of their snapshots.
     export: Mutex<()>,
+    /// Held for a whole flush, so that journal appends keep the order of
+    /// the changes, while the state lock is held only to take them.
+    flushing: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -188,6 +191,7 @@ impl Blocklist {
             state: Mutex::new(state),
             policy,
             export: Mutex::new(()),
+            flushing: Mutex::new(()),
         })
     }
 
@@ -294,22 +298,40 @@ impl Blocklist {
     /// Make every change so far durable: append it to the journal and
     /// sync; fold the journal into a new snapshot when it has grown past the
     /// list's size.
+    ///
+    /// The changes are taken under the state lock, but written and synced
+    /// outside it: blocks and unblocks go on meanwhile (they are in the next
+    /// flush) rather than wait for the disk.
     pub fn flush(&self) -> anyhow::Result<()> {
         use std::io::Write;
-        let mut s = self.state.lock().unwrap();
-        if !s.pending.is_empty() {
-            let mut lines = Vec::new();
-            for change in &s.pending {
-                serde_json::to_writer(&mut lines, change)?;
-                lines.push(b'\n');
+        let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = std::mem::take(&mut self.state.lock().unwrap().pending);
+        if !pending.is_empty() {
+            let written = (|| -> anyhow::Result<()> {
+                let mut lines = Vec::new();
+                for change in &pending {
+                    serde_json::to_writer(&mut lines, change)?;
+                    lines.push(b'\n');
+                }
+                let path = self.dir.join("blocklist.journal");
+                let mut f = durable::append(&path)?;
+                f.write_all(&lines)?;
+                f.sync_data()?;
+                Ok(())
+            })();
+            let mut s = self.state.lock().unwrap();
+            if let Err(e) = written {
+                // Not durable: they go first in the next flush. (A torn
+                // append is cut off at the next start; a whole line that
+                // made it without its sync is written again, and replaying
+                // a change twice in order is replaying it once.)
+                let newer = std::mem::replace(&mut s.pending, pending);
+                s.pending.extend(newer);
+                return Err(e);
             }
-            let path = self.dir.join("blocklist.journal");
-            let mut f = durable::append(&path)?;
-            f.write_all(&lines)?;
-            f.sync_data()?;
-            s.journaled += s.pending.len();
-            s.pending.clear();
+            s.journaled += pending.len();
         }
+        let mut s = self.state.lock().unwrap();
         if s.journaled > s.entries.len().max(1024) {
             let entries: Vec<&Entry> = s.entries.values().collect();
             durable::replace(

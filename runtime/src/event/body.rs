@@ -509,7 +509,7 @@ impl Body {
         Ok(parsed)
     }
 
-    fn parse<'de, D>(kind: &str, body: D) -> Result<Body, String>
+    pub(super) fn parse<'de, D>(kind: &str, body: D) -> Result<Body, String>
     where
         D: serde::Deserializer<'de>,
         D::Error: std::fmt::Display,

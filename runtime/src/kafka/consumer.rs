@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::StreamExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -375,9 +376,12 @@ pub async fn run(
     let mut client = super::client_config(cfg, &format!("consumer-{}", group.id));
     if !cfg.kafka.contains_key("fetch.wait.max.ms") {
         // IDLE wake-ups are latency-bound. A broker that holds a fetch until
-        // fetch.wait.max.ms (500 ms by default) would hold them too; asking
-        // again every 20 ms when idle costs little.
-        client.set("fetch.wait.max.ms", "20");
+        // fetch.wait.max.ms (500 ms by default) would hold them too, and
+        // some brokers look for new data only now and then within that
+        // wait (the test broker at half the time left, so a record is seen
+        // up to half the wait late). Asking again every 5 ms when idle
+        // costs little: an empty fetch is one small request and answer.
+        client.set("fetch.wait.max.ms", "5");
     }
     let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
         client
@@ -424,11 +428,14 @@ pub async fn run(
             }
         })
     };
+    // One stream for the consumer's life: `recv()` would register and
+    // unregister a waker (two lock round trips) for every record.
+    let mut messages = consumer.stream();
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            msg = consumer.recv() => match msg {
+            msg = messages.next() => match msg.expect("kafka streams never terminate") {
                 Ok(m) => {
                     let record = Record {
                         topic: m.topic().to_string(),
@@ -451,6 +458,7 @@ pub async fn run(
         }
     }
 
+    drop(messages);
     tracing::info!(group = %group.id, "stopping: finishing in-flight batches");
     let _ = committer.await;
     let all: Vec<Tp> = shared.workers.lock().unwrap().keys().cloned().collect();
