@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use herald::codec::{Decoder, Record};
 use herald::trust::keys::{NodeKey, signature_text};
-use herald::trust::{Policy, Signature, StalwartRecords, TrustedKey};
+use herald::trust::{Policy, Signature, TrustedKey};
 
 const ROUNDS: usize = 5;
 
@@ -82,19 +82,13 @@ fn per_event(decoder: &Decoder, records: &[Record]) -> f64 {
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (key, _) = NodeKey::load_or_create(&dir.path().join("bench.key")).unwrap();
-    let policy = Policy {
-        keys: [(
-            key.id().to_string(),
-            TrustedKey {
-                key: key.public(),
-                kinds: None,
-            },
-        )]
-        .into(),
-        require: herald::event::KINDS.iter().copied().collect(),
-        max_age: [("ip-block", std::time::Duration::from_secs(3600))].into(),
-        stalwart: StalwartRecords::Refuse,
-    };
+    let mut policy = Policy::new([TrustedKey {
+        key: key.public(),
+        kinds: None,
+    }]);
+    policy
+        .max_age
+        .insert("ip-block", std::time::Duration::from_secs(3600));
     let plain = Decoder::default();
     let trusted = Decoder {
         trust: Some(Arc::new(policy)),

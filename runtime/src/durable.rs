@@ -62,6 +62,48 @@ pub fn create_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Create a secret file (a private key) holding `bytes`: 0600 from its
+/// first byte, written whole to a temporary file beside it, synced, and
+/// linked into place only if nothing is there yet, then the directory is
+/// synced. A crash never leaves a torn key, and an existing file is never
+/// replaced: the error is then [`std::io::ErrorKind::AlreadyExists`], and a
+/// caller racing another creator reads the winner's file.
+pub fn create_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = parent(path);
+    fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)?;
+    // The umask may have taken bits off; a secret must be exactly 0600.
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o600))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Read a secret file, refusing what is not a regular file and a file that
+/// others than its owner may read or change: a key others could read is not
+/// the node's any more, and using it anyway would hide that. Errors say what
+/// is wrong, not which file: the caller names it.
+pub fn read_secret(path: &Path) -> anyhow::Result<String> {
+    let meta = fs::metadata(path).context("cannot read it")?;
+    if !meta.is_file() {
+        anyhow::bail!("not a regular file");
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "mode {mode:04o} lets others than its owner read or change the private key; \
+             make it 0600 (chmod 600 {}, owned by the user herald runs as)",
+            path.display()
+        );
+    }
+    fs::read_to_string(path).context("cannot read it")
+}
+
 /// Open `path` for appending (creating it), for journals.
 pub fn append(path: &Path) -> anyhow::Result<File> {
     OpenOptions::new()
@@ -127,6 +169,27 @@ mod tests {
         let text = fs::read_to_string(&path).unwrap();
         let first = text.lines().next().unwrap();
         assert!(text.lines().all(|l| l == first) && text.lines().count() == 100);
+    }
+
+    #[test]
+    fn secrets_are_created_once_private_and_read_only_when_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("key");
+        create_secret(&path, b"k1").unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let again = create_secret(&path, b"k2").unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(read_secret(&path).unwrap(), "k1");
+        // No temporary file left behind.
+        assert_eq!(fs::read_dir(dir.path().join("sub")).unwrap().count(), 1);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let e = read_secret(&path).unwrap_err().to_string();
+        assert!(e.contains("mode 0640") && e.contains("chmod 600"), "{e}");
+        let e = format!("{:#}", read_secret(dir.path()).unwrap_err());
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]

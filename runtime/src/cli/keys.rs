@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::event::{Body, Event, TlsCertificate};
 use crate::kafka::producer::Producer;
 use crate::trust::keys::{
-    self, NodeKey, key_id, new_sealing_identity, new_signing_key, public_key_text, write_secret,
+    self, NodeKey, key_id, new_sealing_identity, new_signing_key, public_key_text,
 };
 
 /// `herald keys generate --out F [--sealing]`: write a new signing key (or,
@@ -19,7 +19,7 @@ use crate::trust::keys::{
 /// over an existing file; print what other nodes' configs need.
 pub fn generate(out_path: &Path, sealing: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let create = |text: &str| {
-        write_secret(out_path, text.as_bytes()).with_context(|| {
+        crate::durable::create_secret(out_path, text.as_bytes()).with_context(|| {
             format!(
                 "cannot create {} (an existing file is never overwritten)",
                 out_path.display()
@@ -41,9 +41,9 @@ pub fn generate(out_path: &Path, sealing: bool, out: &mut dyn Write) -> anyhow::
             "publishers: \"certificates\": {{\"sealTo\": [\"{recipient}\"]}}"
         )?;
     } else {
-        let (pem, public) = new_signing_key()?;
+        let (key, pem) = new_signing_key()?;
         create(&pem)?;
-        print_key(out_path, &public, out)?;
+        print_key(out_path, &key.verifying_key(), out)?;
     }
     Ok(())
 }

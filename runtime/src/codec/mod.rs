@@ -197,22 +197,13 @@ mod tests {
     #[test]
     fn a_bundle_is_admitted_whole_or_not_at_all() {
         use crate::trust::keys::{NodeKey, signature_text};
-        use crate::trust::{Policy, Signature, StalwartRecords, TrustedKey};
+        use crate::trust::{Policy, Signature, TrustedKey};
         let dir = tempfile::tempdir().unwrap();
         let (key, _) = NodeKey::load_or_create(&dir.path().join("k")).unwrap();
-        let policy = Policy {
-            keys: [(
-                key.id().to_string(),
-                TrustedKey {
-                    key: key.public(),
-                    kinds: Some(["queue-refresh"].into()),
-                },
-            )]
-            .into(),
-            require: crate::event::KINDS.iter().copied().collect(),
-            max_age: Default::default(),
-            stalwart: StalwartRecords::Refuse,
-        };
+        let policy = Policy::new([TrustedKey {
+            key: key.public(),
+            kinds: Some(["queue-refresh"].into()),
+        }]);
         let d = Decoder {
             trust: Some(Arc::new(policy)),
             ..Decoder::default()

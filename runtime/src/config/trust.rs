@@ -150,27 +150,23 @@ pub(super) fn trust(raw: RawTrust, stalwart_enabled: bool) -> anyhow::Result<Pol
         };
         trusted.insert(id, TrustedKey { key, kinds });
     }
-    let require = match raw.require {
-        None => KINDS.iter().copied().collect(),
-        Some(list) => {
-            let mut set = BTreeSet::new();
-            for name in &list {
-                set.insert(kind("trust.require", name)?);
-            }
-            set
+    let mut policy = Policy::new(trusted.into_values());
+    if let Some(list) = raw.require {
+        policy.require.clear();
+        for name in &list {
+            policy.require.insert(kind("trust.require", name)?);
         }
-    };
-    let mut max_age = BTreeMap::new();
+    }
     for (name, d) in raw.max_age {
         let k = kind(&format!("trust.maxAge.{name}"), &name)?;
         if d.0 < Duration::from_secs(1) {
             bail!("field `trust.maxAge.{name}`: less than a second would refuse nearly everything");
         }
-        max_age.insert(k, d.0);
+        policy.max_age.insert(k, d.0);
     }
     // Stalwart's records cannot be signed: a deployer who turns on both
     // says what they want, rather than one being silently dropped.
-    let stalwart = match raw.stalwart {
+    policy.stalwart = match raw.stalwart {
         Some(RawStalwartRecords::Accept) => StalwartRecords::Accept,
         Some(RawStalwartRecords::Refuse) => StalwartRecords::Refuse,
         None if stalwart_enabled => bail!(
@@ -179,12 +175,7 @@ pub(super) fn trust(raw: RawTrust, stalwart_enabled: bool) -> anyhow::Result<Pol
         ),
         None => StalwartRecords::Refuse,
     };
-    Ok(Policy {
-        keys: trusted,
-        require,
-        max_age,
-        stalwart,
-    })
+    Ok(policy)
 }
 
 pub(super) fn certificates(raw: RawCertificates) -> anyhow::Result<Certificates> {

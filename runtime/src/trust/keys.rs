@@ -1,21 +1,19 @@
 //! Key files: the node's Ed25519 signing key and the cluster's age identity
 //! that unseals TLS private keys.
 //!
-//! Both are secrets, so both are created with mode 0600 and refused when
-//! anyone but the owner may read them: a key that others could read is not
-//! the node's any more, and starting anyway would hide that.
+//! Both are secrets, created and read as [`crate::durable::create_secret`]
+//! and [`crate::durable::read_secret`] make and check them (0600).
 
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
+
+use crate::durable;
 
 /// The id of a public key: the first 8 bytes of its SHA-256, in hex. Short
 /// enough for a header and a config line, long enough that two keys of one
@@ -51,14 +49,11 @@ impl NodeKey {
     /// Load the key at `path`, creating it (0600, never over an existing
     /// file) if there is none. Answers whether it was created.
     pub fn load_or_create(path: &Path) -> anyhow::Result<(NodeKey, bool)> {
-        match fs::symlink_metadata(path) {
+        match std::fs::symlink_metadata(path) {
             Ok(_) => Ok((NodeKey::load(path)?, false)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = SigningKey::generate(&mut rand_core::OsRng);
-                let pem = key
-                    .to_pkcs8_pem(Default::default())
-                    .map_err(|e| anyhow::anyhow!("cannot encode a new signing key: {e}"))?;
-                match write_secret(path, pem.as_bytes()) {
+                let (key, pem) = new_signing_key()?;
+                match durable::create_secret(path, pem.as_bytes()) {
                     Ok(()) => {
                         tracing::info!(path = %path.display(), id = key_id(&key.verifying_key()),
                             "created this node's signing key");
@@ -172,43 +167,18 @@ pub fn new_sealing_identity() -> (String, String) {
     (text, recipient)
 }
 
-/// A new signing key file's text (PKCS#8 PEM) and its public key.
-pub fn new_signing_key() -> anyhow::Result<(String, VerifyingKey)> {
+/// A new signing key and its file's text (PKCS#8 PEM).
+pub fn new_signing_key() -> anyhow::Result<(SigningKey, String)> {
     let key = SigningKey::generate(&mut rand_core::OsRng);
     let pem = key
         .to_pkcs8_pem(Default::default())
         .map_err(|e| anyhow::anyhow!("cannot encode a new signing key: {e}"))?;
-    Ok((pem.to_string(), key.verifying_key()))
+    Ok((key, pem.to_string()))
 }
 
-/// Write a secret file: mode 0600 from the first byte, never over an
-/// existing file, synced.
-pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)?;
-    }
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-/// Read a secret file, refusing one that others may read or write.
+/// A secret file's text; errors name the file.
 fn read_secret(path: &Path) -> anyhow::Result<String> {
-    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "{}: mode {mode:04o} lets others read or change a secret key; \
-             `chmod 600 {}` (owned by the user herald runs as)",
-            path.display(),
-            path.display()
-        );
-    }
-    fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    durable::read_secret(path).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
 }
 
 /// The signature header's value for `sig`.

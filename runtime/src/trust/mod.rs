@@ -87,6 +87,24 @@ pub struct Policy {
     pub stalwart: StalwartRecords,
 }
 
+impl Policy {
+    /// A policy trusting `keys` (each under its own [`keys::key_id`]) with
+    /// the defaults of a `trust` section that says nothing more: every kind
+    /// must be signed, no kind has a maximum age, Stalwart's records are
+    /// refused.
+    pub fn new(keys: impl IntoIterator<Item = TrustedKey>) -> Policy {
+        Policy {
+            keys: keys
+                .into_iter()
+                .map(|k| (keys::key_id(&k.key), k))
+                .collect(),
+            require: crate::event::KINDS.iter().copied().collect(),
+            max_age: BTreeMap::new(),
+            stalwart: StalwartRecords::Refuse,
+        }
+    }
+}
+
 /// Why a record was not let through.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Untrusted {

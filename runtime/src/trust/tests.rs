@@ -9,23 +9,10 @@ fn node_key(dir: &std::path::Path, name: &str) -> NodeKey {
 }
 
 fn policy(keys: &[(&NodeKey, Option<&[&'static str]>)]) -> Policy {
-    Policy {
-        keys: keys
-            .iter()
-            .map(|(k, kinds)| {
-                (
-                    k.id().to_string(),
-                    TrustedKey {
-                        key: k.public(),
-                        kinds: kinds.map(|k| k.iter().copied().collect()),
-                    },
-                )
-            })
-            .collect(),
-        require: crate::event::KINDS.iter().copied().collect(),
-        max_age: BTreeMap::new(),
-        stalwart: StalwartRecords::Refuse,
-    }
+    Policy::new(keys.iter().map(|(k, kinds)| TrustedKey {
+        key: k.public(),
+        kinds: kinds.map(|k| k.iter().copied().collect()),
+    }))
 }
 
 const BLOCK: &[u8] = br#"{"v":1,"id":"e1","kind":"ip-block","origin":"n1","ts":1000,"body":{"ip":"198.18.0.1","action":"block","reason":"r"}}"#;
@@ -145,7 +132,7 @@ fn keys_are_sealed_to_the_cluster_and_plaintext_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (text, recipient) = new_sealing_identity();
     let path = dir.path().join("cluster.age");
-    write_secret(&path, text.as_bytes()).unwrap();
+    crate::durable::create_secret(&path, text.as_bytes()).unwrap();
     let unsealer = Unsealer::load(&path).unwrap();
     assert_eq!(unsealer.recipient(), recipient);
     let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
@@ -157,7 +144,7 @@ fn keys_are_sealed_to_the_cluster_and_plaintext_is_refused() {
     // Another cluster's identity cannot open it.
     let (other, _) = new_sealing_identity();
     let other_path = dir.path().join("other.age");
-    write_secret(&other_path, other.as_bytes()).unwrap();
+    crate::durable::create_secret(&other_path, other.as_bytes()).unwrap();
     assert!(
         Unsealer::load(&other_path)
             .unwrap()
@@ -204,14 +191,14 @@ fn key_files_are_private_and_never_overwritten() {
     let (again, created) = NodeKey::load_or_create(&path).unwrap();
     assert!(!created);
     assert_eq!(again.id(), k.id());
-    assert!(write_secret(&path, b"x").is_err());
+    assert!(crate::durable::create_secret(&path, b"x").is_err());
 
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = NodeKey::load(&path).err().unwrap().to_string();
     assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
 
     let junk = dir.path().join("junk.key");
-    write_secret(&junk, b"hello").unwrap();
+    crate::durable::create_secret(&junk, b"hello").unwrap();
     let e = NodeKey::load(&junk).err().unwrap().to_string();
     assert!(e.contains("junk.key") && e.contains("PKCS#8"), "{e}");
 }

@@ -21,11 +21,10 @@
 //! readable or writable by anyone but its owner is refused.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::anyhow;
 use base64::Engine;
 use p256::SecretKey;
 use p256::ecdsa::signature::Signer;
@@ -154,23 +153,8 @@ pub fn check_subject(subject: &str) -> Result<(), String> {
 
 fn read(path: &Path) -> anyhow::Result<SecretKey> {
     let shown = path.display();
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("VAPID key file {shown}: cannot read it"))?;
-    if !meta.is_file() {
-        bail!("VAPID key file {shown}: not a regular file");
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            bail!(
-                "VAPID key file {shown}: mode {mode:04o} lets others than its owner read or change the private key; make it 0600 (chmod 600 {shown})"
-            );
-        }
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("VAPID key file {shown}: cannot read it"))?;
+    let text =
+        crate::durable::read_secret(path).map_err(|e| anyhow!("VAPID key file {shown}: {e:#}"))?;
     parse_key(&text).map_err(|why| anyhow!("VAPID key file {shown}: {why}"))
 }
 
@@ -203,44 +187,22 @@ fn parse_key(text: &str) -> Result<SecretKey, String> {
     SecretKey::from_slice(&bytes).map_err(|_| "not a valid P-256 private key".into())
 }
 
-/// A new key in `path`, which does not exist: written to a temporary file
-/// (0600) beside it, synced, then linked into place unless a file appeared
-/// there meanwhile, in which case that one is read instead.
+/// A new key in `path`, which does not exist (see
+/// [`crate::durable::create_secret`]); if a file appeared there meanwhile,
+/// that one is read instead.
 fn create(path: &Path) -> anyhow::Result<SecretKey> {
     let shown = path.display();
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("VAPID key file {shown}: creating {}", dir.display()))?;
     let key = SecretKey::random(&mut OsRng);
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|err| anyhow!("VAPID key file {shown}: encoding the new key: {err}"))?;
-    // tempfile creates the file with mode 0600.
-    let mut temp = tempfile::Builder::new()
-        .prefix(".vapid-key-")
-        .tempfile_in(dir)
-        .with_context(|| {
-            format!(
-                "VAPID key file {shown}: creating a file in {}",
-                dir.display()
-            )
-        })?;
-    temp.write_all(pem.as_bytes())
-        .and_then(|()| temp.as_file().sync_all())
-        .with_context(|| format!("VAPID key file {shown}: writing the new key"))?;
-    match temp.persist_noclobber(path) {
-        Ok(_) => {
-            if let Ok(dir) = std::fs::File::open(dir) {
-                let _ = dir.sync_all();
-            }
+    match crate::durable::create_secret(path, pem.as_bytes()) {
+        Ok(()) => {
             tracing::info!(path = %shown, "created a new VAPID key");
             Ok(key)
         }
-        Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => read(path),
-        Err(err) => Err(anyhow!("VAPID key file {shown}: {}", err.error)),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => read(path),
+        Err(err) => Err(anyhow!("VAPID key file {shown}: {err}")),
     }
 }
 
