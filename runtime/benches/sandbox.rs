@@ -114,7 +114,7 @@ fn native_events(events: &[Event]) -> Vec<herald_guest::Event> {
                 origin: e.origin.clone(),
                 timestamp: e.ts,
                 position: herald_guest::Position {
-                    topic: e.position.topic.clone(),
+                    topic: e.position.topic.to_string(),
                     partition: 0,
                     offset: 0,
                 },

@@ -71,7 +71,7 @@ pub async fn test(
             continue;
         }
         let position = Position {
-            topic: topic.clone(),
+            topic: topic.as_str().into(),
             partition: 0,
             offset: line_no as i64,
         };

@@ -17,7 +17,8 @@ use crate::trust::{Policy, Signature, StalwartRecords, Untrusted};
 /// One Kafka record, detached from the consumer.
 #[derive(Clone, Debug)]
 pub struct Record {
-    pub topic: String,
+    /// Shared by every record of the topic: one allocation, not one per record.
+    pub topic: std::sync::Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -83,7 +84,7 @@ impl Decoder {
             fail(vec![], &e)
         };
         if let Some((topic, own)) = &self.stalwart
-            && *topic == r.topic
+            && **topic == *r.topic
         {
             if self
                 .trust

@@ -88,6 +88,11 @@ impl State {
 
     fn record(&mut self, change: Change) {
         self.apply(change.clone());
+        self.changed(change);
+    }
+
+    /// Note a change already applied to `entries`.
+    fn changed(&mut self, change: Change) {
         self.pending.push(change);
         self.stale_export = true;
         self.generation += 1;
@@ -208,17 +213,29 @@ impl Blocklist {
             reason: crate::bounded::cut(reason, self.policy.max_reason).into_owned(),
             expires_at,
         };
-        let mut s = self.state.lock().unwrap();
-        if !s.entries.contains_key(&key) && s.entries.len() >= self.policy.max_entries {
-            return Err(Refusal::Full {
-                network: key,
-                max: self.policy.max_entries,
+        let mut guard = self.state.lock().unwrap();
+        let s = &mut *guard;
+        let full = s.entries.len() >= self.policy.max_entries;
+        // One lookup: this runs for every block a handler asks for.
+        match s.entries.entry(key) {
+            std::collections::btree_map::Entry::Occupied(mut held) => {
+                if *held.get() == entry {
+                    return Ok(());
+                }
+                held.insert(entry.clone());
             }
-            .into());
+            std::collections::btree_map::Entry::Vacant(_) if full => {
+                return Err(Refusal::Full {
+                    network: entry.network,
+                    max: self.policy.max_entries,
+                }
+                .into());
+            }
+            std::collections::btree_map::Entry::Vacant(free) => {
+                free.insert(entry.clone());
+            }
         }
-        if s.entries.get(&key) != Some(&entry) {
-            s.record(Change::Block(entry));
-        }
+        s.changed(Change::Block(entry));
         Ok(())
     }
 
@@ -359,10 +376,12 @@ impl Blocklist {
             }
             s.stale_export = false;
             s.last_export = Some(std::time::Instant::now());
-            s.entries
-                .values()
-                .map(|e| format!("{}\n", e.network))
-                .collect::<String>()
+            let mut text = String::with_capacity(s.entries.len() * 16);
+            for network in s.entries.keys() {
+                text.push_str(network);
+                text.push('\n');
+            }
+            text
         };
         durable::replace(&self.dir.join("blocklist.txt"), text.as_bytes())
     }

@@ -38,7 +38,8 @@ pub const MAX_BUNDLE: usize = 1000;
 /// the topic and the line number as the offset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Position {
-    pub topic: String,
+    /// Shared with the record and its other events.
+    pub topic: std::sync::Arc<str>,
     pub partition: i32,
     pub offset: i64,
 }

@@ -44,7 +44,7 @@ use crate::dispatch::Dispatcher;
 /// How long a revoke or shutdown waits for an in-flight batch.
 const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
-type Tp = (String, i32);
+type Tp = (Arc<str>, i32);
 
 /// What the node needs to know about a group consumer (readiness, API).
 #[derive(Default)]
@@ -206,7 +206,7 @@ impl ConsumerContext for Ctx {
             let tps: Vec<Tp> = tpl
                 .elements()
                 .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
+                .map(|e| (Arc::from(e.topic()), e.partition()))
                 .collect();
             tracing::info!(group = %self.shared.group, partitions = ?tps, "partitions revoked");
             self.shared.release(consumer, &tps);
@@ -219,7 +219,7 @@ impl ConsumerContext for Ctx {
                 let tps: HashSet<Tp> = tpl
                     .elements()
                     .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .map(|e| (Arc::from(e.topic()), e.partition()))
                     .collect();
                 tracing::info!(group = %self.shared.group, partitions = ?tps, "partitions assigned");
                 let status = &self.shared.status;
@@ -383,6 +383,9 @@ pub async fn run(
         // costs little: an empty fetch is one small request and answer.
         client.set("fetch.wait.max.ms", "5");
     }
+    if !cfg.kafka.contains_key("fetch.queue.backoff.ms") {
+        client.set("fetch.queue.backoff.ms", "10");
+    }
     let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
         client
             .set("group.id", &group.id)
@@ -431,14 +434,23 @@ pub async fn run(
     // One stream for the consumer's life: `recv()` would register and
     // unregister a waker (two lock round trips) for every record.
     let mut messages = consumer.stream();
+    // Each topic's name, shared by its records.
+    let mut names: Vec<Arc<str>> = Vec::new();
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             msg = messages.next() => match msg.expect("kafka streams never terminate") {
                 Ok(m) => {
+                    let topic = match names.iter().find(|n| &***n == m.topic()) {
+                        Some(n) => n.clone(),
+                        None => {
+                            names.push(m.topic().into());
+                            names[names.len() - 1].clone()
+                        }
+                    };
                     let record = Record {
-                        topic: m.topic().to_string(),
+                        topic,
                         partition: m.partition(),
                         offset: m.offset(),
                         key: m.key().map(<[u8]>::to_vec),
@@ -586,7 +598,8 @@ impl Job {
             _ = self.stop.cancelled() => return None,
             r = self.rx.recv() => r?,
         };
-        let mut records = vec![first];
+        let mut records = Vec::with_capacity(self.batch_size.min(1024));
+        records.push(first);
         let linger = tokio::time::sleep(self.linger);
         tokio::pin!(linger);
         while records.len() < self.batch_size {

@@ -110,16 +110,20 @@ impl Policy {
             IpNet::V4(_) => (self.min_prefix_v4, "minPrefixV4"),
             IpNet::V6(_) => (self.min_prefix_v6, "minPrefixV6"),
         };
-        let protected = reserved()
-            .into_iter()
-            .map(|(range, what)| (range, what.to_string()))
-            .chain(self.protect.iter().cloned());
+        // Every block is checked here, so nothing is allocated unless it is
+        // refused.
+        let reserved = reserved();
+        let protected = reserved.iter().map(|(range, what)| (range, *what)).chain(
+            self.protect
+                .iter()
+                .map(|(range, what)| (range, what.as_str())),
+        );
         for (range, what) in protected {
-            if overlap(&judged, &range) || overlap(net, &range) {
+            if overlap(&judged, range) || (judged != *net && overlap(net, range)) {
                 return Err(Refusal::Protected {
                     network: text.to_string(),
-                    what,
-                    range,
+                    what: what.to_string(),
+                    range: *range,
                 });
             }
         }
