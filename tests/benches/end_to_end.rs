@@ -40,6 +40,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// The allocator the `herald` binary uses, so that the in-process node
+/// runs as the service does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PARTITIONS: i32 = 4;
 
 fn quick() -> bool {
@@ -64,7 +69,17 @@ fn ip(i: u32) -> String {
 /// A plain consumer of the topic; with `decode`, it also parses each record
 /// into herald's event (what any consumer of the JSON contract must do).
 async fn plain_consumer(broker: &str, topic: &str, decode: bool) -> Duration {
-    let consumer: StreamConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    if decode {
+        // herald's own fetch settings: a consumer that decodes falls behind
+        // its prefetch queue, and librdkafka's default backoff then leaves
+        // it waiting a second for the next fetch (the read-only one never
+        // falls behind, and keeps librdkafka's defaults).
+        config
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.queue.backoff.ms", "10");
+    }
+    let consumer: StreamConsumer = config
         .set("bootstrap.servers", broker)
         .set("group.id", unique("plain"))
         .set("auto.offset.reset", "earliest")

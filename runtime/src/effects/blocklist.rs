@@ -125,12 +125,7 @@ pub fn normalise(network: &str) -> Result<(String, ipnet::IpNet), BlocklistError
     if net.trunc() != net {
         return Err(BlocklistError::HostBits(network.to_string()));
     }
-    let text = if net.prefix_len() == net.max_prefix_len() {
-        net.addr().to_string()
-    } else {
-        net.to_string()
-    };
-    Ok((text, net))
+    Ok((herald_guest::net::canonical(&net), net))
 }
 
 impl Blocklist {

@@ -67,9 +67,13 @@ pub enum Refusal {
 }
 
 /// Ranges no client ever comes from.
-fn reserved() -> [(IpNet, &'static str); 9] {
-    let v4 = |a, b, c, d, p| IpNet::V4(Ipv4Net::new(Ipv4Addr::new(a, b, c, d), p).unwrap());
-    let v6 = |addr: Ipv6Addr, p| IpNet::V6(Ipv6Net::new(addr, p).unwrap());
+const RESERVED: [(IpNet, &str); 9] = {
+    const fn v4(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> IpNet {
+        IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), prefix))
+    }
+    const fn v6(addr: Ipv6Addr, prefix: u8) -> IpNet {
+        IpNet::V6(Ipv6Net::new_assert(addr, prefix))
+    }
     [
         (v4(0, 0, 0, 0, 8), "the unspecified / this-network range"),
         (v4(127, 0, 0, 0, 8), "loopback"),
@@ -87,7 +91,7 @@ fn reserved() -> [(IpNet, &'static str); 9] {
             "multicast",
         ),
     ]
-}
+};
 
 /// Whether either network contains the other.
 fn overlap(a: &IpNet, b: &IpNet) -> bool {
@@ -112,8 +116,7 @@ impl Policy {
         };
         // Every block is checked here, so nothing is allocated unless it is
         // refused.
-        let reserved = reserved();
-        let protected = reserved.iter().map(|(range, what)| (range, *what)).chain(
+        let protected = RESERVED.iter().map(|(range, what)| (range, *what)).chain(
             self.protect
                 .iter()
                 .map(|(range, what)| (range, what.as_str())),
