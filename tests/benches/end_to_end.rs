@@ -204,6 +204,7 @@ async fn latency_at(rate: u64, seconds: u64) {
         .set("group.id", unique("plain-latency"))
         // Same as herald's consumers.
         .set("fetch.wait.max.ms", "5")
+        .set("socket.nagle.disable", "true")
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
@@ -236,6 +237,8 @@ async fn latency_at(rate: u64, seconds: u64) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &c.broker)
         .set("linger.ms", "0")
+        // As herald's producer: no Nagle delay on small produce requests.
+        .set("socket.nagle.disable", "true")
         .create()
         .unwrap();
     let topic = c.topic.clone();

@@ -242,7 +242,7 @@ impl TestCluster {
             "handlers": self.handlers,
             "stateDir": state,
             "topics": {"events": self.topic},
-            "batch": {"size": 100, "linger": "2ms"},
+            "batch": {"size": 100},
             "retry": {"attempts": 3, "backoff": "50ms", "maxBackoff": "200ms"},
             "commitInterval": "100ms",
             "api": {"listen": "127.0.0.1:0", "token": TOKEN},

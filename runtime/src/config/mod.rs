@@ -18,7 +18,7 @@
 //!   "stateDir": "/var/lib/herald",
 //!   "topics": { "events": "herald.events", "deadLetterSuffix": ".dlq",
 //!               "create": { "partitions": 6, "replicationFactor": 1 } },
-//!   "batch": { "size": 100, "linger": "5ms" },
+//!   "batch": { "size": 100, "linger": "0ms" },
 //!   "retry": { "attempts": 5, "backoff": "100ms", "maxBackoff": "10s" },
 //!   "commitInterval": "250ms",
 //!   "api": { "listen": "127.0.0.1:8470", "unixSocket": null, "token": null, "tokenFile": null },
@@ -228,16 +228,19 @@ pub struct TopicCreate {
 pub struct Batch {
     /// Most events per call (`batch.size`, 1..=10000, default 100).
     pub size: usize,
-    /// How long to wait for a batch to fill (`batch.linger`, default 5ms).
+    /// How long a worker whose queue ran dry waits for more records before
+    /// it calls the handlers with a batch that is not full (`batch.linger`,
+    /// default 0: what is queued goes at once). Under load batches fill by
+    /// themselves while the previous one runs; waiting only adds latency.
     pub linger: Duration,
 }
 
 impl Default for Batch {
-    /// 100 events, 5ms.
+    /// 100 events, no linger.
     fn default() -> Self {
         Batch {
             size: 100,
-            linger: Duration::from_millis(5),
+            linger: Duration::ZERO,
         }
     }
 }

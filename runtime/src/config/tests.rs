@@ -31,7 +31,7 @@ fn config_coordinator_example_parses_with_defaults() {
     assert_eq!(c.topics.events, "herald.events");
     assert_eq!(c.topics.dead_letter("herald.events"), "herald.events.dlq");
     assert_eq!(c.batch.size, 100);
-    assert_eq!(c.batch.linger, Duration::from_millis(5));
+    assert_eq!(c.batch.linger, Duration::ZERO);
     assert_eq!(c.retry, Retry::default());
     assert_eq!(c.commit_interval, Duration::from_millis(250));
     assert_eq!(c.api.listen, "127.0.0.1:8470".parse().unwrap());

@@ -590,8 +590,8 @@ impl Job {
         }
     }
 
-    /// Wait for a record, then take what else arrives within `linger`, up to
-    /// the batch size. None when stopped.
+    /// Wait for a record, then take what else is queued, or arrives within
+    /// `linger`, up to the batch size. None when stopped.
     async fn next_batch(&mut self) -> Option<Vec<Record>> {
         let first = tokio::select! {
             biased;
@@ -606,6 +606,7 @@ impl Job {
             match self.rx.try_recv() {
                 Ok(r) => records.push(r),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) if self.linger.is_zero() => break,
                 Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
                     biased;
                     r = self.rx.recv() => match r {
