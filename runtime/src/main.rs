@@ -6,14 +6,6 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-/// mimalloc rather than the system allocator: every record, event and
-/// effect is a handful of short-lived allocations made on one worker thread
-/// and freed on another, which glibc's per-thread arenas answer by growing
-/// and trimming their heaps over and over (a third of a busy node's CPU in
-/// `just bench throughput`'s profile).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "herald",

@@ -40,11 +40,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-/// The allocator the `herald` binary uses, so that the in-process node
-/// runs as the service does.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const PARTITIONS: i32 = 4;
 
 fn quick() -> bool {
