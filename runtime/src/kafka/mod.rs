@@ -162,3 +162,37 @@ pub async fn ensure_topics(cfg: &Config, topics: &[String]) -> anyhow::Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn config(kafka: &str) -> Config {
+        Config::parse(&format!(
+            r#"{{ "@type": "Kafka", "brokers": ["kafka1:9092"], "groupId": "g", "nodeId": "n1",
+                "kafka": {{ {kafka} }} }}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn latency_and_fetch_defaults_hold_unless_the_deployer_sets_them() {
+        let c = super::consumer::client_config(&config(""), "g.broadcast");
+        assert_eq!(c.get("socket.nagle.disable"), Some("true"));
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("5"));
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(c.get("client.id"), Some("herald-n1-consumer-g.broadcast"));
+        // The producer and admin clients get the socket setting too.
+        let p = super::client_config(&config(""), "producer");
+        assert_eq!(p.get("socket.nagle.disable"), Some("true"));
+
+        let own = config(
+            r#""socket.nagle.disable": "false", "fetch.wait.max.ms": "100",
+               "fetch.queue.backoff.ms": "500""#,
+        );
+        let c = super::consumer::client_config(&own, "g.broadcast");
+        assert_eq!(c.get("socket.nagle.disable"), Some("false"));
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("100"));
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("500"));
+    }
+}
