@@ -344,16 +344,20 @@ impl Host for WasmHost {
         wit::log::log(level, message)
     }
     fn setting(&self, key: &str) -> Option<String> {
-        // Settings cannot change during an instance's life: ask once.
+        // Settings cannot change during an instance's life: ask once. A
+        // handler reads a few settings, often once per event: a short list
+        // looked through without hashing or allocating is the cheapest.
         thread_local! {
-            static SETTINGS: std::cell::RefCell<std::collections::HashMap<String, Option<String>>> =
-                Default::default();
+            static SETTINGS: std::cell::RefCell<Vec<(String, Option<String>)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
         }
         SETTINGS.with_borrow_mut(|cache| {
-            cache
-                .entry(key.to_string())
-                .or_insert_with(|| wit::config::get(key))
-                .clone()
+            if let Some((_, value)) = cache.iter().find(|(k, _)| k == key) {
+                return value.clone();
+            }
+            let value = wit::config::get(key);
+            cache.push((key.to_string(), value.clone()));
+            value
         })
     }
     fn notify_idle(&self, account_id: u32, change_id: u64, types: DataTypes) {
