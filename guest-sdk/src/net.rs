@@ -36,7 +36,9 @@ pub fn parse_network(input: &str) -> Result<IpNet, String> {
     Ok(unmap(net))
 }
 
-fn unmap(net: IpNet) -> IpNet {
+/// An IPv4-mapped IPv6 network (`::ffff:a.b.c.d/n`) as the IPv4 network it
+/// stands for; any other network as it is.
+pub fn unmap(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
             Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).expect("prefix <= 32"),

@@ -12,6 +12,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use herald_guest::net::{overlaps, unmap};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The blocklist's limits (`blocklist` in the config).
@@ -93,23 +94,11 @@ const RESERVED: [(IpNet, &str); 9] = {
     ]
 };
 
-/// Whether either network contains the other.
-fn overlap(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
-}
-
-/// An IPv4-mapped IPv6 network as the IPv4 network it stands for.
-fn unmapped(net: &IpNet) -> Option<IpNet> {
-    let IpNet::V6(v6) = net else { return None };
-    let v4 = v6.addr().to_ipv4_mapped()?;
-    let prefix = v6.prefix_len().checked_sub(96)?;
-    Some(IpNet::V4(Ipv4Net::new(v4, prefix).ok()?))
-}
-
 impl Policy {
     /// Whether `net` (canonical, host bits clear) may be blocked.
     pub fn check(&self, text: &str, net: &IpNet) -> Result<(), Refusal> {
-        let judged = unmapped(net).unwrap_or(*net);
+        // The same rules as the handlers' (`herald_guest::net`).
+        let judged = unmap(*net);
         let (min, setting) = match judged {
             IpNet::V4(_) => (self.min_prefix_v4, "minPrefixV4"),
             IpNet::V6(_) => (self.min_prefix_v6, "minPrefixV6"),
@@ -122,7 +111,7 @@ impl Policy {
                 .map(|(range, what)| (range, what.as_str())),
         );
         for (range, what) in protected {
-            if overlap(&judged, range) || (judged != *net && overlap(net, range)) {
+            if overlaps(&judged, range) || (judged != *net && overlaps(net, range)) {
                 return Err(Refusal::Protected {
                     network: text.to_string(),
                     what: what.to_string(),
