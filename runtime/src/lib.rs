@@ -39,3 +39,8 @@ pub(crate) mod registry;
 pub mod sandbox;
 pub mod trust;
 pub(crate) mod watch;
+
+/// The fetch settings herald's group consumers use unless the config's
+/// `kafka` section sets them; the end-to-end bench gives its baseline
+/// consumers the same.
+pub use kafka::consumer::FETCH_DEFAULTS as CONSUMER_FETCH_DEFAULTS;

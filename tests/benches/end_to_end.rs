@@ -70,9 +70,9 @@ async fn plain_consumer(broker: &str, topic: &str, decode: bool) -> Duration {
         // its prefetch queue, and librdkafka's default backoff then leaves
         // it waiting a second for the next fetch (the read-only one never
         // falls behind, and keeps librdkafka's defaults).
-        config
-            .set("fetch.wait.max.ms", "5")
-            .set("fetch.queue.backoff.ms", "10");
+        for (key, value) in herald::CONSUMER_FETCH_DEFAULTS {
+            config.set(key, value);
+        }
     }
     let consumer: StreamConsumer = config
         .set("bootstrap.servers", broker)
@@ -194,11 +194,14 @@ async fn latency_at(rate: u64, seconds: u64) {
     }
     let total = rate * seconds;
     // Baseline: a plain consumer of the same topic, same broker, same time.
-    let plain: StreamConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    // Same fetch and socket settings as herald's consumers.
+    for (key, value) in herald::CONSUMER_FETCH_DEFAULTS {
+        config.set(key, value);
+    }
+    let plain: StreamConsumer = config
         .set("bootstrap.servers", &c.broker)
         .set("group.id", unique("plain-latency"))
-        // Same as herald's consumers.
-        .set("fetch.wait.max.ms", "5")
         .set("socket.nagle.disable", "true")
         .set("auto.offset.reset", "earliest")
         .create()

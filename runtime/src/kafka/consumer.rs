@@ -356,25 +356,30 @@ impl Shared {
     }
 }
 
-/// The group consumer's client settings: the node's, plus fetch defaults
-/// a deployer's `kafka` section may override.
+/// The group consumer's fetch settings, unless a deployer's `kafka`
+/// section sets them:
+/// - `fetch.wait.max.ms`: IDLE wake-ups are latency-bound. A broker that
+///   holds a fetch until this wait (500 ms by default) would hold them too,
+///   and some brokers look for new data only now and then within it (the
+///   test broker at half the time left, so a record is seen up to half the
+///   wait late). Asking again every 5 ms when idle costs little: an empty
+///   fetch is one small request and answer.
+/// - `fetch.queue.backoff.ms`: once the node falls behind librdkafka's
+///   prefetch queue, the fetcher waits this long before asking again: a
+///   second by default, during which a node that has caught up has nothing
+///   to do. It held the whole node near 170 k events/s in
+///   `just bench throughput`.
+pub const FETCH_DEFAULTS: [(&str, &str); 2] =
+    [("fetch.wait.max.ms", "5"), ("fetch.queue.backoff.ms", "10")];
+
+/// The group consumer's client settings: the node's, plus
+/// [`FETCH_DEFAULTS`] where the deployer's `kafka` section is silent.
 pub fn client_config(cfg: &Config, group: &str) -> rdkafka::ClientConfig {
     let mut client = super::client_config(cfg, &format!("consumer-{group}"));
-    if !cfg.kafka.contains_key("fetch.wait.max.ms") {
-        // IDLE wake-ups are latency-bound. A broker that holds a fetch until
-        // fetch.wait.max.ms (500 ms by default) would hold them too, and
-        // some brokers look for new data only now and then within that
-        // wait (the test broker at half the time left, so a record is seen
-        // up to half the wait late). Asking again every 5 ms when idle
-        // costs little: an empty fetch is one small request and answer.
-        client.set("fetch.wait.max.ms", "5");
-    }
-    if !cfg.kafka.contains_key("fetch.queue.backoff.ms") {
-        // Once the node falls behind librdkafka's prefetch queue, the
-        // fetcher waits this long before asking again: a second by default,
-        // during which a node that has caught up has nothing to do. It held
-        // the whole node near 170 k events/s in `just bench throughput`.
-        client.set("fetch.queue.backoff.ms", "10");
+    for (key, value) in FETCH_DEFAULTS {
+        if !cfg.kafka.contains_key(key) {
+            client.set(key, value);
+        }
     }
     client
 }
