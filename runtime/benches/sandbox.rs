@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use herald::effects::{Effect, EffectFuture, Effects};
+use herald::effects::{Effect, EffectError, EffectFuture, Effects, Reply};
 use herald::event::{BlockAction, Body, Event, IpBlock};
 use herald::manifest::Manifest;
 use herald::sandbox::{Loaded, Sandbox, SandboxConfig};
@@ -32,11 +32,16 @@ fn rounds() -> usize {
 struct Counter(AtomicU64);
 
 impl Effects for Counter {
-    fn apply<'a>(&'a self, _: &'a str, effect: Effect) -> EffectFuture<'a> {
+    fn apply<'a>(&'a self, handler: &'a str, effect: Effect) -> EffectFuture<'a> {
+        let result = self.apply_now(handler, effect);
+        Box::pin(async { result })
+    }
+
+    fn apply_now(&self, _: &str, effect: Effect) -> Result<Reply, EffectError> {
         if let Effect::Block { .. } = effect {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
-        Box::pin(async { Ok(None) })
+        Ok(None)
     }
 }
 

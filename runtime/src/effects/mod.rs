@@ -132,10 +132,43 @@ pub type Reply = Option<String>;
 
 pub type EffectFuture<'a> = Pin<Box<dyn Future<Output = Result<Reply, EffectError>> + Send + 'a>>;
 
+impl Effect {
+    /// Whether the effect is done once the node's memory holds it (a block,
+    /// an unblock, an IDLE wake-up): such effects go through
+    /// [`Effects::apply_now`], without a future.
+    pub fn is_immediate(&self) -> bool {
+        matches!(
+            self,
+            Effect::IdleNotify { .. } | Effect::Block { .. } | Effect::Unblock { .. }
+        )
+    }
+
+    /// The effect's name, as in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Effect::IdleNotify { .. } => "idle-notify",
+            Effect::PushDeliver { .. } => "push-deliver",
+            Effect::Block { .. } => "block",
+            Effect::Unblock { .. } => "unblock",
+            Effect::InstallCertificate { .. } => "install-certificate",
+            Effect::Publish { .. } => "publish",
+        }
+    }
+}
+
 /// Applies effects on the node. `handler` names who asked, for logs and
 /// metrics.
 pub trait Effects: Send + Sync + 'static {
+    /// Apply an effect that may wait: a push delivery, a publish, a
+    /// certificate install.
     fn apply<'a>(&'a self, handler: &'a str, effect: Effect) -> EffectFuture<'a>;
+
+    /// Apply an immediate effect ([`Effect::is_immediate`]). A block per
+    /// `ip-block` event is the node's hottest effect, and a future boxed and
+    /// polled per call costs more than the block itself; so these effects
+    /// never wait: they change memory, and [`Effects::flush`] makes them
+    /// durable before the commit.
+    fn apply_now(&self, handler: &str, effect: Effect) -> Result<Reply, EffectError>;
 
     /// Make every effect applied so far durable. The node calls this before
     /// it commits offsets: a committed event is never replayed, so its
@@ -170,21 +203,23 @@ impl Recorder {
 }
 
 impl Effects for Recorder {
-    fn apply<'a>(&'a self, _handler: &'a str, effect: Effect) -> EffectFuture<'a> {
-        Box::pin(async move {
-            let reply = match &effect {
-                Effect::PushDeliver { .. } => {
-                    if let Some(err) = self.push_failure.lock().unwrap().clone() {
-                        return Err(err);
-                    }
-                    None
+    fn apply<'a>(&'a self, handler: &'a str, effect: Effect) -> EffectFuture<'a> {
+        Box::pin(async move { self.apply_now(handler, effect) })
+    }
+
+    fn apply_now(&self, _handler: &str, effect: Effect) -> Result<Reply, EffectError> {
+        let reply = match &effect {
+            Effect::PushDeliver { .. } => {
+                if let Some(err) = self.push_failure.lock().unwrap().clone() {
+                    return Err(err);
                 }
-                Effect::Publish { id, .. } => Some(id.clone()),
-                _ => None,
-            };
-            self.effects.lock().unwrap().push(effect);
-            Ok(reply)
-        })
+                None
+            }
+            Effect::Publish { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        self.effects.lock().unwrap().push(effect);
+        Ok(reply)
     }
 }
 

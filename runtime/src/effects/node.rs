@@ -8,7 +8,7 @@ use super::certs::hooks::Hooks;
 use super::firewall::Firewall;
 use super::notify::{Hub, Notice};
 use super::push::{Message, PushClient, PushSettings};
-use super::{Effect, EffectError, EffectFuture, Effects};
+use super::{Effect, EffectError, EffectFuture, Effects, Reply};
 use crate::config::Config;
 use crate::event::{Body, Event, PushSubscriptionGone};
 use crate::trust::keys::Unsealer;
@@ -181,35 +181,44 @@ impl NodeEffects {
 }
 
 impl Effects for NodeEffects {
-    fn apply<'a>(&'a self, handler: &'a str, effect: Effect) -> EffectFuture<'a> {
-        Box::pin(async move {
-            match effect {
-                Effect::IdleNotify {
+    fn apply_now(&self, handler: &str, effect: Effect) -> Result<Reply, EffectError> {
+        match effect {
+            Effect::IdleNotify {
+                account_id,
+                change_id,
+                types,
+            } => {
+                self.notices.publish(Notice::StateChange {
                     account_id,
                     change_id,
                     types,
-                } => {
-                    self.notices.publish(Notice::StateChange {
-                        account_id,
-                        change_id,
-                        types,
-                    });
-                    Ok(None)
-                }
-                Effect::Block {
-                    network,
-                    reason,
-                    expires_at,
-                } => {
-                    tracing::debug!(handler, %network, "block");
-                    self.blocklist.block(&network, &reason, expires_at)?;
-                    Ok(None)
-                }
-                Effect::Unblock { network } => {
-                    tracing::debug!(handler, %network, "unblock");
-                    self.blocklist.unblock(&network)?;
-                    Ok(None)
-                }
+                });
+            }
+            Effect::Block {
+                network,
+                reason,
+                expires_at,
+            } => {
+                tracing::debug!(handler, %network, "block");
+                self.blocklist.block(&network, &reason, expires_at)?;
+            }
+            Effect::Unblock { network } => {
+                tracing::debug!(handler, %network, "unblock");
+                self.blocklist.unblock(&network)?;
+            }
+            other => {
+                return Err(EffectError::Invalid(format!(
+                    "the {} effect may wait and cannot be applied at once",
+                    other.name()
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    fn apply<'a>(&'a self, handler: &'a str, effect: Effect) -> EffectFuture<'a> {
+        Box::pin(async move {
+            match effect {
                 Effect::Publish {
                     id,
                     hops,
@@ -278,6 +287,7 @@ impl Effects for NodeEffects {
                         .publish(Notice::Certificate { domains, not_after });
                     Ok(None)
                 }
+                immediate => self.apply_now(handler, immediate),
             }
         })
     }

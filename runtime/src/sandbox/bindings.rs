@@ -7,13 +7,13 @@ use crate::event as ev;
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "handler",
-    // Capabilities that reach the node's state are async (disk, network,
-    // producer); log and config answer from memory and stay synchronous,
-    // which spares a future per call on the hot path.
+    // Capabilities that may wait (network, producer, disk) are async. The
+    // rest answer from or change memory and stay synchronous, which spares
+    // a boxed future and a trip through the fiber per call: log, config,
+    // and the immediate effects (IDLE wake-ups, blocks), whose durability
+    // comes from the flush before each commit.
     imports: {
-        "herald:coordination/idle": async,
         "herald:coordination/push": async,
-        "herald:coordination/blocklist": async,
         "herald:coordination/certificates": async,
         "herald:coordination/publish": async,
     },

@@ -82,8 +82,20 @@ impl HostState {
         Ok(())
     }
 
-    /// Hand an effect to the node. The store is not `Sync`, so what the
-    /// future holds across the await is cloned out of it first.
+    /// Hand an immediate effect to the node ([`Effect::is_immediate`]).
+    fn apply_now(&self, effect: Effect) -> Result<(), wit::EffectError> {
+        match self.effects.apply_now(&self.handler, effect) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::debug!(handler = %self.handler, error = %e, "effect refused");
+                Err(to_wit(e))
+            }
+        }
+    }
+
+    /// Hand an effect that may wait to the node. The store is not `Sync`,
+    /// so what the future holds across the await is cloned out of it
+    /// first.
     fn apply(
         &self,
         effect: Effect,
@@ -137,16 +149,14 @@ impl config::Host for HostState {
 }
 
 impl idle::Host for HostState {
-    async fn notify(&mut self, account_id: u32, change_id: u64, types: wit::DataTypes) {
+    fn notify(&mut self, account_id: u32, change_id: u64, types: wit::DataTypes) {
         // IDLE wake-ups are best effort by nature: a subscriber that is gone
         // has nothing to wake, so the handler is not told.
-        let _ = self
-            .apply(Effect::IdleNotify {
-                account_id,
-                change_id,
-                types: data_types_from_wit(types),
-            })
-            .await;
+        let _ = self.apply_now(Effect::IdleNotify {
+            account_id,
+            change_id,
+            types: data_types_from_wit(types),
+        });
     }
 }
 
@@ -193,27 +203,23 @@ impl push::Host for HostState {
 }
 
 impl blocklist::Host for HostState {
-    async fn block(
+    fn block(
         &mut self,
         network: String,
         reason: String,
         expires_at: Option<u64>,
     ) -> Result<(), wit::EffectError> {
         self.charge(network.len() + reason.len()).map_err(to_wit)?;
-        let effect = Effect::Block {
+        self.apply_now(Effect::Block {
             network,
             reason,
             expires_at,
-        };
-        self.apply(effect).await.map(drop).map_err(to_wit)
+        })
     }
 
-    async fn unblock(&mut self, network: String) -> Result<(), wit::EffectError> {
+    fn unblock(&mut self, network: String) -> Result<(), wit::EffectError> {
         self.charge(network.len()).map_err(to_wit)?;
-        self.apply(Effect::Unblock { network })
-            .await
-            .map(drop)
-            .map_err(to_wit)
+        self.apply_now(Effect::Unblock { network })
     }
 }
 
