@@ -1,5 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+// Natively (unit tests), or with the feature off, it is only tested.
+#[cfg_attr(
+    not(all(target_arch = "wasm32", feature = "allocator")),
+    allow(dead_code)
+)]
+mod alloc;
 mod fail;
 pub mod net;
 pub mod testing;
@@ -23,6 +29,10 @@ pub mod bindings {
 }
 
 use bindings::herald::coordination as wit;
+
+#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+#[global_allocator]
+static ALLOCATOR: alloc::SmallBlocks = alloc::SmallBlocks::new();
 
 pub use fail::{EffectError, Fail, Handled, OrFail, reject, retry};
 pub use wit::certificates::Certificate;
