@@ -125,6 +125,45 @@ async fn a_batch_gets_one_outcome_per_event() {
     assert_eq!(rec.take().len(), 100);
 }
 
+/// The guest is told each event's topic, partition and offset: once per run
+/// of one partition, when a call mixes them, and in order.
+#[tokio::test]
+async fn each_event_arrives_with_its_source_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox(&dir);
+    let h = load(&sb, "fixtures/outcomes");
+    let at = |topic: &str, partition: i32, offset: i64| {
+        let mut e = ip_block("203.0.113.7");
+        e.id = format!("{offset}-where");
+        e.position.topic = topic.into();
+        e.position.partition = partition;
+        e.position.offset = offset;
+        e
+    };
+    let batch = [
+        at("herald.events", 0, 10),
+        at("herald.events", 0, 11),
+        at("herald.events", 3, 7),
+        at("other", 3, 8),
+        at("herald.events", 0, 12),
+    ];
+    let out = sb
+        .call(&h, &batch, Arc::new(Recorder::new()))
+        .await
+        .unwrap();
+    let expected: Vec<Outcome> = [
+        "herald.events/0/10",
+        "herald.events/0/11",
+        "herald.events/3/7",
+        "other/3/8",
+        "herald.events/0/12",
+    ]
+    .into_iter()
+    .map(|w| Outcome::Reject(w.to_string()))
+    .collect();
+    assert_eq!(out, expected);
+}
+
 /// After a hostile call, the same handler handles the next batch normally.
 async fn carries_on(sb: &Sandbox, h: &Loaded) {
     let rec = Arc::new(Recorder::new());

@@ -40,8 +40,8 @@ pub use wit::log::Level;
 pub use wit::push::Message as PushMessage;
 pub use wit::types::{
     BlockAction, Body, CacheItem, CacheScope, CalendarAlert, DataTypes, EmailPush, Event, IpBlock,
-    NegativeEmail, Outcome, Position, Push, PushKeys, PushSubscriptionGone, RegistryAction,
-    RegistryChange, StateChange, TlsCertificate, Urgency,
+    NegativeEmail, Outcome, Push, PushKeys, PushSubscriptionGone, RegistryAction, RegistryChange,
+    Source, StateChange, TlsCertificate, Urgency,
 };
 
 /// What a handler module usually needs: `use herald_guest::prelude::*;`.
@@ -158,7 +158,7 @@ pub trait Host {
 ///
 /// Override the functions of the kinds the handler's manifest subscribes to;
 /// the others answer `Ok(())` (nothing to do). Every function gets the node
-/// as `host`, the whole `event` (id, origin, timestamp, Kafka position) and
+/// as `host`, the whole `event` (id, origin, timestamp, Kafka offset) and
 /// its body, and returns a [`Handled`]:
 ///
 /// - `Ok(())`: handled, or nothing to do; the event's offset may be
@@ -409,6 +409,7 @@ macro_rules! export {
             struct __HeraldExport;
             impl $crate::bindings::Guest for __HeraldExport {
                 fn handle(
+                    _: $crate::Source,
                     events: ::std::vec::Vec<$crate::Event>,
                 ) -> ::std::vec::Vec<$crate::Outcome> {
                     $crate::handle::<$handler>(&$crate::WasmHost, &events)

@@ -30,8 +30,8 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 
 use crate::{
-    BlockAction, Body, Certificate, DataTypes, EffectError, Event, Host, IpBlock, Level, Position,
-    Push, PushMessage, StateChange, TlsCertificate, Urgency,
+    BlockAction, Body, Certificate, DataTypes, EffectError, Event, Host, IpBlock, Level, Push,
+    PushMessage, StateChange, TlsCertificate, Urgency,
 };
 
 /// One thing a handler asked of the node.
@@ -251,11 +251,7 @@ pub fn event(body: Body) -> Event {
         id: "test-event".to_string(),
         origin: "test-node".to_string(),
         timestamp: 1_795_690_000_000,
-        position: Position {
-            topic: "test".to_string(),
-            partition: 0,
-            offset: 0,
-        },
+        offset: 0,
         body,
     }
 }

@@ -118,11 +118,7 @@ fn native_events(events: &[Event]) -> Vec<herald_guest::Event> {
                 id: e.id.clone(),
                 origin: e.origin.clone(),
                 timestamp: e.ts,
-                position: herald_guest::Position {
-                    topic: e.position.topic.to_string(),
-                    partition: 0,
-                    offset: 0,
-                },
+                offset: e.position.offset,
                 body: herald_guest::Body::IpBlock(herald_guest::IpBlock {
                     ip: b.ip.clone(),
                     action: herald_guest::BlockAction::Block,

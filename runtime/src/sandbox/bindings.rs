@@ -322,11 +322,16 @@ pub fn event_to_wit<'a>(e: &'a ev::Event, scratch: &'a Scratch<'a>) -> wit::Even
         id: &e.id,
         origin: &e.origin,
         timestamp: e.ts,
-        position: wit::Position {
-            topic: &e.position.topic,
-            partition: e.position.partition,
-            offset: e.position.offset,
-        },
+        offset: e.position.offset,
         body: body_to_wit(&e.body, scratch),
+    }
+}
+
+/// The topic and partition an event was read from, which the guest is given
+/// once per call.
+pub fn source_to_wit(p: &ev::Position) -> wit::Source<'_> {
+    wit::Source {
+        topic: &p.topic,
+        partition: p.partition,
     }
 }

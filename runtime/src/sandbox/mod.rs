@@ -478,13 +478,38 @@ impl Session {
             .iter()
             .map(|e| (e.borrow().id.clone(), e.borrow().hops))
             .collect();
-        let call = self.instance.call_handle(&mut self.store, &batch);
+        // Dispatch works per partition, so a call's events share one source
+        // and `handle` is called once. Should a caller mix sources, each run
+        // of one source is a call of its own, in order, within the same
+        // deadline.
+        let (instance, store) = (&self.instance, &mut self.store);
+        let call = async move {
+            let mut outcomes = Vec::with_capacity(events.len());
+            let mut start = 0;
+            let runs = events.chunk_by(|a, b| {
+                let (a, b) = (&a.borrow().position, &b.borrow().position);
+                a.partition == b.partition && a.topic == b.topic
+            });
+            for run in runs {
+                let source = bindings::source_to_wit(&run[0].borrow().position);
+                let end = start + run.len();
+                let answered = instance
+                    .call_handle(&mut *store, source, &batch[start..end])
+                    .await?;
+                if answered.len() != run.len() {
+                    return Ok(Err((answered.len(), run.len())));
+                }
+                outcomes.extend(answered);
+                start = end;
+            }
+            wasmtime::Result::Ok(Ok(outcomes))
+        };
         let result = match tokio::time::timeout(self.deadline + DEADLINE_GRACE, call).await {
             Ok(result) => result,
             Err(_) => return Err(past_deadline(self.deadline)),
         };
         let result = match result {
-            Ok(outcomes) if outcomes.len() == events.len() => Ok(outcomes
+            Ok(Ok(outcomes)) => Ok(outcomes
                 .into_iter()
                 .map(|o| match o {
                     wit::Outcome::Ok => Outcome::Ok,
@@ -492,13 +517,9 @@ impl Session {
                     wit::Outcome::Reject(r) => Outcome::Reject(bounded::reason(r)),
                 })
                 .collect()),
-            Ok(outcomes) => Err(CallError {
+            Ok(Err((answered, asked))) => Err(CallError {
                 kind: FailureKind::Contract,
-                message: format!(
-                    "returned {} outcomes for {} events",
-                    outcomes.len(),
-                    events.len()
-                ),
+                message: format!("returned {answered} outcomes for {asked} events"),
             }),
             Err(e) => Err(classify(&mut self.store, e, FailureKind::Trap)),
         };
