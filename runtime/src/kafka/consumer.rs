@@ -452,6 +452,11 @@ pub async fn run(
     let mut messages = consumer.stream();
     // Each topic's name, shared by its records.
     let mut names: Vec<Arc<str>> = Vec::new();
+    // Only the trust policy reads signatures. librdkafka parses a record's
+    // whole header block the first time it is asked for headers (and
+    // allocates for it even when there are none), so without `trust` it is
+    // never asked.
+    let read_signatures = cfg.trust.is_some();
     loop {
         tokio::select! {
             biased;
@@ -472,7 +477,7 @@ pub async fn run(
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),
                         timestamp_ms: m.timestamp().to_millis(),
-                        signature: signature(&m),
+                        signature: if read_signatures { signature(&m) } else { None },
                     };
                     route(&shared, &consumer, cfg, record);
                 }
