@@ -42,7 +42,7 @@ pub fn parse_network(input: &str) -> Result<IpNet, String> {
 /// read without the general parser. It takes only what `Ipv4Addr`'s own
 /// parser takes (four decimal octets up to 255, no leading zeros) and
 /// answers `None` for anything else, which then goes to that parser.
-fn dotted_quad(s: &str) -> Option<Ipv4Addr> {
+pub fn dotted_quad(s: &str) -> Option<Ipv4Addr> {
     let bytes = s.as_bytes();
     let mut octets = [0u8; 4];
     let mut i = 0;

@@ -115,12 +115,19 @@ pub enum BlocklistError {
 /// Parse a network the way the blocklist keys it: canonical text, so
 /// `2001:DB8::/48` and `2001:db8::/48` are one entry.
 pub fn normalise(network: &str) -> Result<(String, ipnet::IpNet), BlocklistError> {
-    let net: ipnet::IpNet = match network.parse::<ipnet::IpNet>() {
-        Ok(n) => n,
-        Err(_) => network
+    let not_a_network = || BlocklistError::NotANetwork(network.to_string());
+    // Every block comes through here. A bare address (most of them) never
+    // goes through `IpNet`'s parser, which boxes a closure per alternative
+    // it tries and fails on a string without a prefix.
+    let net: ipnet::IpNet = if let Some(v4) = herald_guest::net::dotted_quad(network) {
+        ipnet::IpNet::from(IpAddr::V4(v4))
+    } else if network.contains('/') {
+        network.parse().map_err(|_| not_a_network())?
+    } else {
+        network
             .parse::<IpAddr>()
-            .map(ipnet::IpNet::from)
-            .map_err(|_| BlocklistError::NotANetwork(network.to_string()))?,
+            .map_err(|_| not_a_network())?
+            .into()
     };
     if net.trunc() != net {
         return Err(BlocklistError::HostBits(network.to_string()));
@@ -385,6 +392,36 @@ impl Blocklist {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_are_keyed_by_canonical_text() {
+        for (given, key) in [
+            ("198.51.100.7", "198.51.100.7"),
+            ("198.51.100.7/32", "198.51.100.7"),
+            ("198.51.100.0/24", "198.51.100.0/24"),
+            ("2001:DB8::/48", "2001:db8::/48"),
+            ("2001:db8::1", "2001:db8::1"),
+        ] {
+            assert_eq!(normalise(given).unwrap().0, key, "{given}");
+        }
+        for bad in [
+            "",
+            "not-an-ip",
+            " 198.51.100.7",
+            "198.51.100.07",
+            "198.51.100.0/33",
+        ] {
+            assert_eq!(
+                normalise(bad),
+                Err(BlocklistError::NotANetwork(bad.to_string())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            normalise("198.51.100.7/24"),
+            Err(BlocklistError::HostBits("198.51.100.7/24".into()))
+        );
+    }
 
     #[test]
     fn a_torn_last_line_is_dropped_but_damage_elsewhere_refuses_to_start() {
