@@ -29,6 +29,8 @@ pub struct HostState {
     pub(super) causes: Vec<(String, u32)>,
     pub(super) stdout: GuestOutput,
     pub(super) stderr: GuestOutput,
+    /// When the call in progress must end (see `sandbox::set_deadline`).
+    pub(super) deadline_at: std::time::Instant,
 }
 
 /// Log lines a call may write; past it, one "log truncated" line.

@@ -426,10 +426,21 @@ impl Sandbox {
             causes: Vec::new(),
             stdout,
             stderr,
+            deadline_at: std::time::Instant::now(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        // At every epoch tick while wasm runs: past the call's deadline, trap;
+        // before it, yield to tokio. A call over a large batch never holds a
+        // worker thread (and the node's other tasks on it: fetching,
+        // commits, the API) for more than a tick at a time.
+        store.epoch_deadline_callback(|cx| {
+            Ok(if std::time::Instant::now() >= cx.data().deadline_at {
+                wasmtime::UpdateDeadline::Interrupt
+            } else {
+                wasmtime::UpdateDeadline::Yield(1)
+            })
+        });
         let deadline = handler.manifest.limits.deadline;
         set_deadline(&mut store, deadline);
         let instance = match handler.pre.instantiate_async(&mut store).await {
@@ -540,10 +551,11 @@ fn past_deadline(deadline: Duration) -> CallError {
     }
 }
 
+/// Give the call in progress `deadline` from now.
 fn set_deadline(store: &mut Store<HostState>, deadline: Duration) {
-    let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64;
-    // One tick more: the tick in progress may be almost over.
-    store.set_epoch_deadline(ticks + 1);
+    store.data_mut().deadline_at = std::time::Instant::now() + deadline;
+    // The first check one tick from now; each check sets the next.
+    store.set_epoch_deadline(1);
 }
 
 /// Turn a wasmtime error into what went wrong, in the guest's words where it
