@@ -133,16 +133,6 @@ pub type Reply = Option<String>;
 pub type EffectFuture<'a> = Pin<Box<dyn Future<Output = Result<Reply, EffectError>> + Send + 'a>>;
 
 impl Effect {
-    /// Whether the effect is done once the node's memory holds it (a block,
-    /// an unblock, an IDLE wake-up): such effects go through
-    /// [`Effects::apply_now`], without a future.
-    pub fn is_immediate(&self) -> bool {
-        matches!(
-            self,
-            Effect::IdleNotify { .. } | Effect::Block { .. } | Effect::Unblock { .. }
-        )
-    }
-
     /// The effect's name, as in reports.
     pub fn name(&self) -> &'static str {
         match self {
@@ -163,7 +153,8 @@ pub trait Effects: Send + Sync + 'static {
     /// certificate install.
     fn apply<'a>(&'a self, handler: &'a str, effect: Effect) -> EffectFuture<'a>;
 
-    /// Apply an immediate effect ([`Effect::is_immediate`]). A block per
+    /// Apply an effect that is done once the node's memory holds it: a
+    /// block, an unblock, an IDLE wake-up (the node refuses any other). A block per
     /// `ip-block` event is the node's hottest effect, and a future boxed and
     /// polled per call costs more than the block itself; so these effects
     /// never wait: they change memory, and [`Effects::flush`] makes them

@@ -84,7 +84,7 @@ impl HostState {
         Ok(())
     }
 
-    /// Hand an immediate effect to the node ([`Effect::is_immediate`]).
+    /// Hand an effect that never waits to the node ([`Effects::apply_now`]).
     fn apply_now(&self, effect: Effect) -> Result<(), wit::EffectError> {
         match self.effects.apply_now(&self.handler, effect) {
             Ok(_) => Ok(()),
