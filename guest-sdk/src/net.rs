@@ -16,33 +16,36 @@ pub fn parse_network(input: &str) -> Result<IpNet, String> {
     if s.is_empty() {
         return Err("empty address".to_string());
     }
-    let net = if s.contains('/') {
-        let net: IpNet = s
-            .parse()
-            .map_err(|_| format!("`{input}` is not an IP address or CIDR network"))?;
-        if net.trunc() != net {
-            return Err(format!(
-                "`{input}` has host bits set; the network is `{}`",
-                net.trunc()
-            ));
-        }
-        net
-    } else if let Some(v4) = dotted_quad(s) {
-        return Ok(IpNet::from(IpAddr::V4(v4)));
-    } else {
-        let addr: IpAddr = s
-            .parse()
-            .map_err(|_| format!("`{input}` is not an IP address or CIDR network"))?;
-        IpNet::from(addr)
-    };
+    let net =
+        read_network(s).ok_or_else(|| format!("`{input}` is not an IP address or CIDR network"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "`{input}` has host bits set; the network is `{}`",
+            net.trunc()
+        ));
+    }
     Ok(unmap(net))
+}
+
+/// An address or CIDR network exactly as written: no trimming, no
+/// unmapping, host bits kept. `None` if `s` is neither. The handlers'
+/// [`parse_network`] and the node's blocklist both read networks through
+/// it.
+pub fn read_network(s: &str) -> Option<IpNet> {
+    if s.contains('/') {
+        s.parse().ok()
+    } else if let Some(v4) = dotted_quad(s) {
+        Some(IpNet::from(IpAddr::V4(v4)))
+    } else {
+        s.parse::<IpAddr>().ok().map(IpNet::from)
+    }
 }
 
 /// A plain IPv4 address (`198.51.100.7`), the common case of every block,
 /// read without the general parser. It takes only what `Ipv4Addr`'s own
 /// parser takes (four decimal octets up to 255, no leading zeros) and
 /// answers `None` for anything else, which then goes to that parser.
-pub fn dotted_quad(s: &str) -> Option<Ipv4Addr> {
+fn dotted_quad(s: &str) -> Option<Ipv4Addr> {
     let bytes = s.as_bytes();
     let mut octets = [0u8; 4];
     let mut i = 0;

@@ -115,20 +115,8 @@ pub enum BlocklistError {
 /// Parse a network the way the blocklist keys it: canonical text, so
 /// `2001:DB8::/48` and `2001:db8::/48` are one entry.
 pub fn normalise(network: &str) -> Result<(String, ipnet::IpNet), BlocklistError> {
-    let not_a_network = || BlocklistError::NotANetwork(network.to_string());
-    // Every block comes through here. A bare address (most of them) never
-    // goes through `IpNet`'s parser, which boxes a closure per alternative
-    // it tries and fails on a string without a prefix.
-    let net: ipnet::IpNet = if let Some(v4) = herald_guest::net::dotted_quad(network) {
-        ipnet::IpNet::from(IpAddr::V4(v4))
-    } else if network.contains('/') {
-        network.parse().map_err(|_| not_a_network())?
-    } else {
-        network
-            .parse::<IpAddr>()
-            .map_err(|_| not_a_network())?
-            .into()
-    };
+    let net = herald_guest::net::read_network(network)
+        .ok_or_else(|| BlocklistError::NotANetwork(network.to_string()))?;
     if net.trunc() != net {
         return Err(BlocklistError::HostBits(network.to_string()));
     }
