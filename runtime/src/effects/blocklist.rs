@@ -19,9 +19,11 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use herald_guest::net::canonical;
+use ipnet::IpNet;
 
 use crate::durable;
 
@@ -48,12 +50,31 @@ pub struct Blocklist {
     export: Mutex<()>,
     /// Held for a whole flush, so that journal appends keep the order of
     /// the changes, while the state lock is held only to take them.
-    flushing: Mutex<()>,
+    flushing: Mutex<Buffers>,
+}
+
+/// What one flush leaves for the next: the emptied change list and the
+/// journal text, with their capacity. A busy node flushes about a hundred
+/// thousand changes four times a second; growing both from nothing each
+/// time cost more (fresh pages, zeroed by the kernel) than writing them.
+#[derive(Default)]
+struct Buffers {
+    changes: Vec<Change>,
+    lines: Vec<u8>,
+}
+
+/// An entry as held: its network is the map's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Held {
+    reason: Arc<str>,
+    expires_at: Option<u64>,
 }
 
 #[derive(Default)]
 struct State {
-    entries: BTreeMap<String, Entry>,
+    /// Keyed by network, host bits clear: a key compares as numbers, and
+    /// the list reads in address order (IPv4 first).
+    entries: BTreeMap<IpNet, Held>,
     /// Changes not yet in the journal.
     pending: Vec<Change>,
     /// Lines in the journal since the snapshot.
@@ -66,29 +87,61 @@ struct State {
     generation: u64,
 }
 
-/// One journal line.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
+/// A change, as held until it is journaled. The reason is shared with the
+/// entry: a block allocates it once.
+#[derive(Clone, Debug)]
 enum Change {
+    Block(IpNet, Held),
+    Unblock(IpNet),
+}
+
+/// One journal line as read back.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+enum Line {
     Block(Entry),
     Unblock { network: String },
 }
 
-impl State {
-    fn apply(&mut self, change: Change) {
-        match change {
-            Change::Block(e) => {
-                self.entries.insert(e.network.clone(), e);
-            }
-            Change::Unblock { network } => {
-                self.entries.remove(&network);
+impl Change {
+    /// Append this change as one journal line, in the form [`Line`] reads.
+    fn write(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let (op, net) = match self {
+            Change::Block(net, _) => ("block", net),
+            Change::Unblock(net) => ("unblock", net),
+        };
+        // Canonical network text never needs escaping; a reason may.
+        let _ = write!(out, r#"{{"op":"{op}","network":"{}""#, canonical(net));
+        if let Change::Block(_, held) = self {
+            out.extend_from_slice(br#","reason":"#);
+            serde_json::to_writer(&mut *out, &*held.reason).expect("a Vec takes any write");
+            match held.expires_at {
+                Some(at) => _ = write!(out, r#","expiresAt":{at}"#),
+                None => out.extend_from_slice(br#","expiresAt":null"#),
             }
         }
+        out.extend_from_slice(b"}\n");
     }
+}
 
-    fn record(&mut self, change: Change) {
-        self.apply(change.clone());
-        self.changed(change);
+impl State {
+    /// Apply a journal line read back, naming what is wrong with it.
+    fn replay(&mut self, line: Line) -> Result<(), BlocklistError> {
+        match line {
+            Line::Block(e) => {
+                let net = key(&e.network)?;
+                let held = Held {
+                    reason: e.reason.into(),
+                    expires_at: e.expires_at,
+                };
+                self.entries.insert(net, held);
+            }
+            Line::Unblock { network } => {
+                self.entries.remove(&key(&network)?);
+            }
+        }
+        Ok(())
     }
 
     /// Note a change already applied to `entries`.
@@ -96,6 +149,20 @@ impl State {
         self.pending.push(change);
         self.stale_export = true;
         self.generation += 1;
+    }
+
+    fn entry(net: &IpNet, held: &Held) -> Entry {
+        Entry {
+            network: canonical(net),
+            reason: held.reason.to_string(),
+            expires_at: held.expires_at,
+        }
+    }
+
+    fn in_force(&self, now_ms: u64) -> impl Iterator<Item = (&IpNet, &Held)> {
+        self.entries
+            .iter()
+            .filter(move |(_, h)| h.expires_at.is_none_or(|t| t > now_ms))
     }
 }
 
@@ -114,13 +181,20 @@ pub enum BlocklistError {
 
 /// Parse a network the way the blocklist keys it: canonical text, so
 /// `2001:DB8::/48` and `2001:db8::/48` are one entry.
-pub fn normalise(network: &str) -> Result<(String, ipnet::IpNet), BlocklistError> {
+pub fn normalise(network: &str) -> Result<(String, IpNet), BlocklistError> {
+    let net = key(network)?;
+    Ok((canonical(&net), net))
+}
+
+/// The network `network` names, as the blocklist keys it: read as written,
+/// host bits clear.
+fn key(network: &str) -> Result<IpNet, BlocklistError> {
     let net = herald_guest::net::read_network(network)
         .ok_or_else(|| BlocklistError::NotANetwork(network.to_string()))?;
     if net.trunc() != net {
         return Err(BlocklistError::HostBits(network.to_string()));
     }
-    Ok((herald_guest::net::canonical(&net), net))
+    Ok(net)
 }
 
 impl Blocklist {
@@ -140,8 +214,10 @@ impl Blocklist {
             Ok(bytes) => {
                 let entries: Vec<Entry> = serde_json::from_slice(&bytes)
                     .with_context(|| format!("{}: not a blocklist", path.display()))?;
-                for e in entries {
-                    state.entries.insert(e.network.clone(), e);
+                for (n, e) in entries.into_iter().enumerate() {
+                    state
+                        .replay(Line::Block(e))
+                        .with_context(|| format!("{}: entry {}", path.display(), n + 1))?;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -165,15 +241,16 @@ impl Blocklist {
                     // Damage anywhere before the end is not a crash: refuse
                     // to start rather than silently drop a change (an
                     // unblock lost would block a client for good).
-                    let change = serde_json::from_str::<Change>(line).map_err(|e| {
+                    let damaged = |e: &dyn std::fmt::Display| {
                         anyhow::anyhow!(
                             "{} line {}: damaged ({e}); herald will not guess what it said. \
                              Restore the file, or remove the line once you know the change it held",
                             journal.display(),
                             n + 1
                         )
-                    })?;
-                    state.apply(change);
+                    };
+                    let line = serde_json::from_str::<Line>(line).map_err(|e| damaged(&e))?;
+                    state.replay(line).map_err(|e| damaged(&e))?;
                     state.journaled += 1;
                 }
             }
@@ -186,7 +263,7 @@ impl Blocklist {
             state: Mutex::new(state),
             policy,
             export: Mutex::new(()),
-            flushing: Mutex::new(()),
+            flushing: Mutex::new(Buffers::default()),
         })
     }
 
@@ -196,44 +273,49 @@ impl Blocklist {
         reason: &str,
         expires_at: Option<u64>,
     ) -> Result<(), BlocklistError> {
-        let (key, net) = normalise(network)?;
-        self.policy.check(&key, &net)?;
-        let entry = Entry {
-            network: key.clone(),
-            reason: crate::bounded::cut(reason, self.policy.max_reason).into_owned(),
-            expires_at,
-        };
+        let net = key(network)?;
+        self.policy.check(&net)?;
+        let reason = crate::bounded::cut(reason, self.policy.max_reason);
         let mut guard = self.state.lock().unwrap();
         let s = &mut *guard;
         let full = s.entries.len() >= self.policy.max_entries;
         // One lookup: this runs for every block a handler asks for.
-        match s.entries.entry(key) {
+        let held = match s.entries.entry(net) {
             std::collections::btree_map::Entry::Occupied(mut held) => {
-                if *held.get() == entry {
+                let h = held.get();
+                if *h.reason == *reason && h.expires_at == expires_at {
                     return Ok(());
                 }
-                held.insert(entry.clone());
+                let new = Held {
+                    reason: reason.into(),
+                    expires_at,
+                };
+                held.insert(new.clone());
+                new
             }
             std::collections::btree_map::Entry::Vacant(_) if full => {
                 return Err(Refusal::Full {
-                    network: entry.network,
+                    network: canonical(&net),
                     max: self.policy.max_entries,
                 }
                 .into());
             }
-            std::collections::btree_map::Entry::Vacant(free) => {
-                free.insert(entry.clone());
-            }
-        }
-        s.changed(Change::Block(entry));
+            std::collections::btree_map::Entry::Vacant(free) => free
+                .insert(Held {
+                    reason: reason.into(),
+                    expires_at,
+                })
+                .clone(),
+        };
+        s.changed(Change::Block(net, held));
         Ok(())
     }
 
     pub fn unblock(&self, network: &str) -> Result<(), BlocklistError> {
-        let (key, _) = normalise(network)?;
+        let net = key(network)?;
         let mut s = self.state.lock().unwrap();
-        if s.entries.contains_key(&key) {
-            s.record(Change::Unblock { network: key });
+        if s.entries.remove(&net).is_some() {
+            s.changed(Change::Unblock(net));
         }
         Ok(())
     }
@@ -247,14 +329,10 @@ impl Blocklist {
         self.len() == 0
     }
 
-    /// Entries in force at `now_ms` (expired ones are not returned).
+    /// Entries in force at `now_ms` (expired ones are not returned), in
+    /// address order.
     pub fn list(&self, now_ms: u64) -> Vec<Entry> {
-        let s = self.state.lock().unwrap();
-        s.entries
-            .values()
-            .filter(|e| e.expires_at.is_none_or(|t| t > now_ms))
-            .cloned()
-            .collect()
+        self.in_force(now_ms).1
     }
 
     /// [`Blocklist::list`] with the list's generation, which changes with
@@ -262,10 +340,8 @@ impl Blocklist {
     pub fn in_force(&self, now_ms: u64) -> (u64, Vec<Entry>) {
         let s = self.state.lock().unwrap();
         let entries = s
-            .entries
-            .values()
-            .filter(|e| e.expires_at.is_none_or(|t| t > now_ms))
-            .cloned()
+            .in_force(now_ms)
+            .map(|(net, held)| State::entry(net, held))
             .collect();
         (s.generation, entries)
     }
@@ -278,26 +354,23 @@ impl Blocklist {
     /// The entry that covers `ip` at `now_ms`, if any.
     pub fn check(&self, ip: IpAddr, now_ms: u64) -> Option<Entry> {
         let s = self.state.lock().unwrap();
-        s.entries
-            .values()
-            .filter(|e| e.expires_at.is_none_or(|t| t > now_ms))
-            .find(|e| normalise(&e.network).is_ok_and(|(_, n)| n.contains(&ip)))
-            .cloned()
+        s.in_force(now_ms)
+            .find(|(net, _)| net.contains(&ip))
+            .map(|(net, held)| State::entry(net, held))
     }
 
     /// Drop expired entries; returns how many went.
     pub fn expire(&self, now_ms: u64) -> usize {
         let mut s = self.state.lock().unwrap();
-        let expired: Vec<String> = s
+        let expired: Vec<IpNet> = s
             .entries
-            .values()
-            .filter(|e| e.expires_at.is_some_and(|t| t <= now_ms))
-            .map(|e| e.network.clone())
+            .iter()
+            .filter(|(_, h)| h.expires_at.is_some_and(|t| t <= now_ms))
+            .map(|(net, _)| *net)
             .collect();
-        for network in &expired {
-            s.record(Change::Unblock {
-                network: network.clone(),
-            });
+        for net in &expired {
+            s.entries.remove(net);
+            s.changed(Change::Unblock(*net));
         }
         expired.len()
     }
@@ -311,18 +384,18 @@ impl Blocklist {
     /// flush) rather than wait for the disk.
     pub fn flush(&self) -> anyhow::Result<()> {
         use std::io::Write;
-        let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = std::mem::take(&mut self.state.lock().unwrap().pending);
-        if !pending.is_empty() {
+        let mut buffers = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let Buffers { changes, lines } = &mut *buffers;
+        std::mem::swap(changes, &mut self.state.lock().unwrap().pending);
+        if !changes.is_empty() {
+            lines.clear();
+            for change in changes.iter() {
+                change.write(lines);
+            }
             let written = (|| -> anyhow::Result<()> {
-                let mut lines = Vec::new();
-                for change in &pending {
-                    serde_json::to_writer(&mut lines, change)?;
-                    lines.push(b'\n');
-                }
                 let path = self.dir.join("blocklist.journal");
                 let mut f = durable::append(&path)?;
-                f.write_all(&lines)?;
+                f.write_all(lines)?;
                 f.sync_data()?;
                 Ok(())
             })();
@@ -332,15 +405,25 @@ impl Blocklist {
                 // append is cut off at the next start; a whole line that
                 // made it without its sync is written again, and replaying
                 // a change twice in order is replaying it once.)
-                let newer = std::mem::replace(&mut s.pending, pending);
-                s.pending.extend(newer);
+                changes.append(&mut s.pending);
+                std::mem::swap(changes, &mut s.pending);
                 return Err(e);
             }
-            s.journaled += pending.len();
+            s.journaled += changes.len();
+            // Kept for the next flush, but no bigger than twice this one:
+            // a burst's buffers go back once the node is quiet again.
+            let n = changes.len();
+            changes.clear();
+            changes.shrink_to(2 * n);
+            lines.shrink_to(2 * lines.len());
         }
         let mut s = self.state.lock().unwrap();
         if s.journaled > s.entries.len().max(1024) {
-            let entries: Vec<&Entry> = s.entries.values().collect();
+            let entries: Vec<Entry> = s
+                .entries
+                .iter()
+                .map(|(net, held)| State::entry(net, held))
+                .collect();
             durable::replace(
                 &self.dir.join("blocklist.json"),
                 &serde_json::to_vec(&entries)?,
@@ -367,8 +450,8 @@ impl Blocklist {
             s.stale_export = false;
             s.last_export = Some(std::time::Instant::now());
             let mut text = String::with_capacity(s.entries.len() * 16);
-            for network in s.entries.keys() {
-                text.push_str(network);
+            for net in s.entries.keys() {
+                text.push_str(&canonical(net));
                 text.push('\n');
             }
             text
@@ -409,6 +492,34 @@ mod tests {
             normalise("198.51.100.7/24"),
             Err(BlocklistError::HostBits("198.51.100.7/24".into()))
         );
+    }
+
+    #[test]
+    fn journal_lines_are_json_and_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Blocklist::open(dir.path()).unwrap();
+        let reason = "a \"quoted\"\nreason\\ \u{1} ü";
+        b.block("2001:DB8::/48", reason, Some(7_000)).unwrap();
+        b.block("203.0.113.9", "plain", None).unwrap();
+        b.unblock("203.0.113.9").unwrap();
+        b.flush().unwrap();
+        let text = std::fs::read_to_string(dir.path().join("blocklist.journal")).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        use serde_json::json;
+        assert_eq!(
+            lines,
+            [
+                json!({"op": "block", "network": "2001:db8::/48", "reason": reason, "expiresAt": 7_000}),
+                json!({"op": "block", "network": "203.0.113.9", "reason": "plain", "expiresAt": null}),
+                json!({"op": "unblock", "network": "203.0.113.9"}),
+            ]
+        );
+        let again = Blocklist::open(dir.path()).unwrap();
+        assert_eq!(again.list(0), b.list(0));
+        assert_eq!(again.list(0)[0].reason, reason);
     }
 
     #[test]
@@ -473,7 +584,7 @@ mod tests {
         b.flush().unwrap();
         b.export(true).unwrap();
         let text = std::fs::read_to_string(dir.path().join("blocklist.txt")).unwrap();
-        assert_eq!(text, "2001:db8::/48\n203.0.113.7\n");
+        assert_eq!(text, "203.0.113.7\n2001:db8::/48\n", "in address order");
         let again = Blocklist::open(dir.path()).unwrap();
         assert_eq!(again.list(1_000).len(), 2);
         assert_eq!(again.list(2_000).len(), 1, "expired entries are not listed");

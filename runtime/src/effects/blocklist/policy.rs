@@ -95,8 +95,9 @@ const RESERVED: [(IpNet, &str); 9] = {
 };
 
 impl Policy {
-    /// Whether `net` (canonical, host bits clear) may be blocked.
-    pub fn check(&self, text: &str, net: &IpNet) -> Result<(), Refusal> {
+    /// Whether `net` (host bits clear) may be blocked. A refusal names it
+    /// in canonical text.
+    pub fn check(&self, net: &IpNet) -> Result<(), Refusal> {
         // The same rules as the handlers' (`herald_guest::net`).
         let judged = unmap(*net);
         let (min, setting) = match judged {
@@ -113,7 +114,7 @@ impl Policy {
         for (range, what) in protected {
             if overlaps(&judged, range) || (judged != *net && overlaps(net, range)) {
                 return Err(Refusal::Protected {
-                    network: text.to_string(),
+                    network: herald_guest::net::canonical(net),
                     what: what.to_string(),
                     range: *range,
                 });
@@ -121,7 +122,7 @@ impl Policy {
         }
         if judged.prefix_len() < min {
             return Err(Refusal::TooWide {
-                network: text.to_string(),
+                network: herald_guest::net::canonical(net),
                 prefix: judged.prefix_len(),
                 min,
                 setting,
@@ -148,7 +149,7 @@ mod tests {
             .parse()
             .or_else(|_| network.parse::<IpAddr>().map(IpNet::from))
             .unwrap();
-        policy.check(network, &net)
+        policy.check(&net)
     }
 
     #[test]
