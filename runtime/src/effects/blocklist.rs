@@ -50,17 +50,8 @@ pub struct Blocklist {
     export: Mutex<()>,
     /// Held for a whole flush, so that journal appends keep the order of
     /// the changes, while the state lock is held only to take them.
-    flushing: Mutex<Buffers>,
-}
-
-/// What one flush leaves for the next: the emptied change list and the
-/// journal text, with their capacity. A busy node flushes about a hundred
-/// thousand changes four times a second; growing both from nothing each
-/// time cost more (fresh pages, zeroed by the kernel) than writing them.
-#[derive(Default)]
-struct Buffers {
-    changes: Vec<Change>,
-    lines: Vec<u8>,
+    /// The flush's change list, kept between flushes with its capacity.
+    flushing: Mutex<Vec<Change>>,
 }
 
 /// An entry as held: its network is the map's key.
@@ -105,23 +96,24 @@ enum Line {
 
 impl Change {
     /// Append this change as one journal line, in the form [`Line`] reads.
-    fn write(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
-        let (op, net) = match self {
-            Change::Block(net, _) => ("block", net),
-            Change::Unblock(net) => ("unblock", net),
+    fn write(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let (op, net): (&[u8], _) = match self {
+            Change::Block(net, _) => (br#"{"op":"block","network":""#, net),
+            Change::Unblock(net) => (br#"{"op":"unblock","network":""#, net),
         };
+        out.write_all(op)?;
         // Canonical network text never needs escaping; a reason may.
-        let _ = write!(out, r#"{{"op":"{op}","network":"{}""#, canonical(net));
+        out.write_all(canonical(net).as_bytes())?;
+        out.write_all(b"\"")?;
         if let Change::Block(_, held) = self {
-            out.extend_from_slice(br#","reason":"#);
-            serde_json::to_writer(&mut *out, &*held.reason).expect("a Vec takes any write");
+            out.write_all(br#","reason":"#)?;
+            serde_json::to_writer(&mut *out, &*held.reason)?;
             match held.expires_at {
-                Some(at) => _ = write!(out, r#","expiresAt":{at}"#),
-                None => out.extend_from_slice(br#","expiresAt":null"#),
+                Some(at) => write!(out, r#","expiresAt":{at}"#)?,
+                None => out.write_all(br#","expiresAt":null"#)?,
             }
         }
-        out.extend_from_slice(b"}\n");
+        out.write_all(b"}\n")
     }
 }
 
@@ -263,7 +255,7 @@ impl Blocklist {
             state: Mutex::new(state),
             policy,
             export: Mutex::new(()),
-            flushing: Mutex::new(Buffers::default()),
+            flushing: Mutex::new(Vec::new()),
         })
     }
 
@@ -383,20 +375,19 @@ impl Blocklist {
     /// outside it: blocks and unblocks go on meanwhile (they are in the next
     /// flush) rather than wait for the disk.
     pub fn flush(&self) -> anyhow::Result<()> {
-        use std::io::Write;
-        let mut buffers = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
-        let Buffers { changes, lines } = &mut *buffers;
-        std::mem::swap(changes, &mut self.state.lock().unwrap().pending);
+        let mut changes = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *changes, &mut self.state.lock().unwrap().pending);
         if !changes.is_empty() {
-            lines.clear();
-            for change in changes.iter() {
-                change.write(lines);
-            }
             let written = (|| -> anyhow::Result<()> {
                 let path = self.dir.join("blocklist.journal");
-                let mut f = durable::append(&path)?;
-                f.write_all(lines)?;
-                f.sync_data()?;
+                // Through a small buffer: a busy node flushes a hundred
+                // thousand changes at a time, and a buffer of them all would
+                // be fresh pages (zeroed by the kernel) at every flush.
+                let mut f = std::io::BufWriter::with_capacity(64 << 10, durable::append(&path)?);
+                for change in changes.iter() {
+                    change.write(&mut f)?;
+                }
+                f.into_inner().map_err(|e| e.into_error())?.sync_data()?;
                 Ok(())
             })();
             let mut s = self.state.lock().unwrap();
@@ -406,16 +397,16 @@ impl Blocklist {
                 // made it without its sync is written again, and replaying
                 // a change twice in order is replaying it once.)
                 changes.append(&mut s.pending);
-                std::mem::swap(changes, &mut s.pending);
+                std::mem::swap(&mut *changes, &mut s.pending);
                 return Err(e);
             }
             s.journaled += changes.len();
-            // Kept for the next flush, but no bigger than twice this one:
-            // a burst's buffers go back once the node is quiet again.
+            // Kept for the next flush, which swaps it in as the pending
+            // list, but no bigger than twice this one: a burst's memory
+            // goes back once the node is quiet again.
             let n = changes.len();
             changes.clear();
             changes.shrink_to(2 * n);
-            lines.shrink_to(2 * lines.len());
         }
         let mut s = self.state.lock().unwrap();
         if s.journaled > s.entries.len().max(1024) {
@@ -439,7 +430,7 @@ impl Blocklist {
     /// unless `force`.
     pub fn export(&self, force: bool) -> anyhow::Result<()> {
         let _one_at_a_time = self.export.lock().unwrap_or_else(|e| e.into_inner());
-        let text = {
+        let networks = {
             let mut s = self.state.lock().unwrap();
             let recent = s
                 .last_export
@@ -449,13 +440,15 @@ impl Blocklist {
             }
             s.stale_export = false;
             s.last_export = Some(std::time::Instant::now());
-            let mut text = String::with_capacity(s.entries.len() * 16);
-            for net in s.entries.keys() {
-                text.push_str(&canonical(net));
-                text.push('\n');
-            }
-            text
+            // Only the keys are copied under the lock; blocks go on while
+            // they are written out as text.
+            s.entries.keys().copied().collect::<Vec<IpNet>>()
         };
+        let mut text = String::with_capacity(networks.len() * 16);
+        for net in &networks {
+            text.push_str(&canonical(net));
+            text.push('\n');
+        }
         durable::replace(&self.dir.join("blocklist.txt"), text.as_bytes())
     }
 }
