@@ -4,7 +4,10 @@
 //!    (consume, decode, sandbox call, blocklist effect, commit) against a
 //!    plain rdkafka consumer reading the same topic on the same broker in the
 //!    same run; the ratio is what to read. Every reader is timed over the
-//!    same window, from its 10 %th event to its 90 %th (its steady rate);
+//!    same window, from its 10 %th event to its 90 %th (its steady rate),
+//!    and the CPU the process spent per event in that window is printed
+//!    beside its rate (the rate moves with the shared machine's load more
+//!    than the CPU does);
 //! 2. latency: p50/p99 from publish to handled (the mailbox handler's IDLE
 //!    wake-up) at fixed publish rates (1 000 and 10 000 events/s, an
 //!    open-loop publisher: each event is due at its own time, whatever came
@@ -64,7 +67,7 @@ fn ip(i: u32) -> String {
 
 /// A plain consumer of the topic; with `decode`, it also parses each record
 /// into herald's event (what any consumer of the JSON contract must do).
-async fn plain_consumer(broker: &str, topic: &str, decode: bool) -> Duration {
+async fn plain_consumer(broker: &str, topic: &str, decode: bool) -> Window {
     let mut config = ClientConfig::new();
     if decode {
         // herald's own fetch settings: a consumer that decodes falls behind
@@ -86,6 +89,7 @@ async fn plain_consumer(broker: &str, topic: &str, decode: bool) -> Duration {
     let (from, to) = window();
     let mut n = 0;
     let mut started = None;
+    let mut cpu = Duration::ZERO;
     while n < to {
         let m = consumer.recv().await.unwrap();
         if decode {
@@ -97,9 +101,46 @@ async fn plain_consumer(broker: &str, topic: &str, decode: bool) -> Duration {
         n += 1;
         if n == from {
             started = Some(Instant::now());
+            cpu = process_cpu();
         }
     }
-    started.unwrap().elapsed()
+    Window {
+        took: started.unwrap().elapsed(),
+        cpu: process_cpu() - cpu,
+    }
+}
+
+/// One reader's timed window: how long it took, and the CPU this process
+/// used meanwhile (the reader and its librdkafka threads; for herald, the
+/// whole node). The machine's two cores are shared with the broker and
+/// with whatever else runs on it, so the CPU a reader spends per event
+/// varies less from run to run than its rate does.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Window {
+    took: Duration,
+    cpu: Duration,
+}
+
+impl Window {
+    /// µs of CPU per event of the window.
+    fn cpu_per_event(&self) -> f64 {
+        let (from, to) = window();
+        self.cpu.as_secs_f64() * 1e6 / (to - from) as f64
+    }
+}
+
+/// User and system CPU time of this process so far, all threads.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// Every reader is timed from its `from`-th event to its `to`-th: the
@@ -120,7 +161,7 @@ fn node_config(c: &TestCluster, node: &str) -> Config {
     Config::load(&c.config(node)).unwrap()
 }
 
-async fn herald_node(c: &TestCluster, round: usize) -> Duration {
+async fn herald_node(c: &TestCluster, round: usize) -> Window {
     let events = events() as usize;
     let node = Arc::new(Node::open(node_config(c, &format!("bench-{round}"))).unwrap());
     let stop = CancellationToken::new();
@@ -135,10 +176,14 @@ async fn herald_node(c: &TestCluster, round: usize) -> Duration {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let started = Instant::now();
+    let cpu = process_cpu();
     while blocklist.len() < to as usize {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let took = started.elapsed();
+    let took = Window {
+        took: started.elapsed(),
+        cpu: process_cpu() - cpu,
+    };
     // The rest is applied before the node stops, so that no round leaves
     // work behind for the next.
     while blocklist.len() < events {
@@ -172,29 +217,36 @@ async fn throughput() {
         decoding.push(plain_consumer(&c.broker, &c.topic, true).await);
         nodes.push(herald_node(&c, round).await);
     }
-    let median = |v: &mut Vec<Duration>| {
+    // Each column's own median: the rate and the CPU per event.
+    let median = |v: &mut Vec<Window>| {
         v.sort();
-        rate(v[rounds / 2])
+        let rate = rate(v[rounds / 2].took);
+        let mut cpu: Vec<f64> = v.iter().map(Window::cpu_per_event).collect();
+        cpu.sort_by(f64::total_cmp);
+        (rate, cpu[rounds / 2])
     };
-    let plain_rate = median(&mut plains);
-    let decoding_rate = median(&mut decoding);
-    let node_rate = median(&mut nodes);
+    let (plain_rate, plain_cpu) = median(&mut plains);
+    let (decoding_rate, decoding_cpu) = median(&mut decoding);
+    let (node_rate, node_cpu) = median(&mut nodes);
     println!(
         "end to end, {n} ip-block events on {PARTITIONS} partitions, same broker, same run, median of {rounds}\n"
     );
-    println!("{:<44} {:>12}", "reader", "events/s");
-    println!(
-        "{:<44} {:>12.0}",
-        "plain rdkafka consumer (read only)", plain_rate
-    );
-    println!(
-        "{:<44} {:>12.0}",
-        "plain rdkafka consumer + JSON decode", decoding_rate
-    );
-    println!(
-        "{:<44} {:>12.0}",
-        "herald node, blocking handler, committed", node_rate
-    );
+    println!("{:<44} {:>12} {:>16}", "reader", "events/s", "CPU µs/event");
+    for (reader, rate, cpu) in [
+        ("plain rdkafka consumer (read only)", plain_rate, plain_cpu),
+        (
+            "plain rdkafka consumer + JSON decode",
+            decoding_rate,
+            decoding_cpu,
+        ),
+        (
+            "herald node, blocking handler, committed",
+            node_rate,
+            node_cpu,
+        ),
+    ] {
+        println!("{reader:<44} {rate:>12.0} {cpu:>16.2}");
+    }
     println!(
         "{:<44} {:>12.2}",
         "ratio herald / plain (read only)",
@@ -535,9 +587,9 @@ async fn trust() {
             }
         }
     }
-    let median = |v: &mut Vec<Duration>| {
+    let median = |v: &mut Vec<Window>| {
         v.sort();
-        rate(v[rounds / 2])
+        rate(v[rounds / 2].took)
     };
     let (open_rate, trusted_rate) = (median(&mut without), median(&mut with));
     println!(
