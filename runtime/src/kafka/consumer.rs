@@ -614,28 +614,27 @@ impl Job {
     /// Wait for a record, then take what else is queued, or arrives within
     /// `linger`, up to the batch size. None when stopped.
     async fn next_batch(&mut self) -> Option<Vec<Record>> {
-        let first = tokio::select! {
+        let mut records = Vec::with_capacity(self.batch_size.min(1024));
+        // `recv_many` takes what is queued in one go: one release of the
+        // channel's permits per batch rather than one per record.
+        let taken = tokio::select! {
             biased;
             _ = self.stop.cancelled() => return None,
-            r = self.rx.recv() => r?,
+            n = self.rx.recv_many(&mut records, self.batch_size) => n,
         };
-        let mut records = Vec::with_capacity(self.batch_size.min(1024));
-        records.push(first);
-        let linger = tokio::time::sleep(self.linger);
-        tokio::pin!(linger);
-        while records.len() < self.batch_size {
-            match self.rx.try_recv() {
-                Ok(r) => records.push(r),
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) if self.linger.is_zero() => break,
-                Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+        if taken == 0 {
+            return None;
+        }
+        if !self.linger.is_zero() {
+            let linger = tokio::time::sleep(self.linger);
+            tokio::pin!(linger);
+            while records.len() < self.batch_size {
+                let room = self.batch_size - records.len();
+                tokio::select! {
                     biased;
-                    r = self.rx.recv() => match r {
-                        Some(r) => records.push(r),
-                        None => break,
-                    },
+                    n = self.rx.recv_many(&mut records, room) => if n == 0 { break },
                     _ = &mut linger => break,
-                },
+                }
             }
         }
         Some(records)

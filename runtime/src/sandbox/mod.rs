@@ -485,10 +485,15 @@ impl Session {
         set_deadline(&mut self.store, self.deadline);
         let state = self.store.data_mut();
         state.budget.reset();
-        state.causes = events
-            .iter()
-            .map(|e| (e.borrow().id.clone(), e.borrow().hops))
-            .collect();
+        // Only a publish looks up its cause: a handler whose manifest lists
+        // nothing to publish is spared a copy of every event's id.
+        state.causes.clear();
+        if !state.manifest.publish.is_empty() {
+            state.causes = events
+                .iter()
+                .map(|e| (e.borrow().id.clone(), e.borrow().hops))
+                .collect();
+        }
         // Dispatch works per partition, so a call's events share one source
         // and `handle` is called once. Should a caller mix sources, each run
         // of one source is a call of its own, in order, within the same
