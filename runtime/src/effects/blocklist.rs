@@ -267,23 +267,21 @@ impl Blocklist {
     ) -> Result<(), BlocklistError> {
         let net = key(network)?;
         self.policy.check(&net)?;
-        let reason = crate::bounded::cut(reason, self.policy.max_reason);
+        // Made before the lock is taken: every worker blocks through it.
+        let held = Held {
+            reason: crate::bounded::cut(reason, self.policy.max_reason).into(),
+            expires_at,
+        };
         let mut guard = self.state.lock().unwrap();
         let s = &mut *guard;
         let full = s.entries.len() >= self.policy.max_entries;
         // One lookup: this runs for every block a handler asks for.
-        let held = match s.entries.entry(net) {
-            std::collections::btree_map::Entry::Occupied(mut held) => {
-                let h = held.get();
-                if *h.reason == *reason && h.expires_at == expires_at {
-                    return Ok(());
-                }
-                let new = Held {
-                    reason: reason.into(),
-                    expires_at,
-                };
-                held.insert(new.clone());
-                new
+        match s.entries.entry(net) {
+            std::collections::btree_map::Entry::Occupied(held_now) if *held_now.get() == held => {
+                return Ok(());
+            }
+            std::collections::btree_map::Entry::Occupied(mut held_now) => {
+                held_now.insert(held.clone());
             }
             std::collections::btree_map::Entry::Vacant(_) if full => {
                 return Err(Refusal::Full {
@@ -292,13 +290,10 @@ impl Blocklist {
                 }
                 .into());
             }
-            std::collections::btree_map::Entry::Vacant(free) => free
-                .insert(Held {
-                    reason: reason.into(),
-                    expires_at,
-                })
-                .clone(),
-        };
+            std::collections::btree_map::Entry::Vacant(free) => {
+                free.insert(held.clone());
+            }
+        }
         s.changed(Change::Block(net, held));
         Ok(())
     }
