@@ -171,15 +171,8 @@ pub enum BlocklistError {
     HostBits(String),
 }
 
-/// Parse a network the way the blocklist keys it: canonical text, so
-/// `2001:DB8::/48` and `2001:db8::/48` are one entry.
-pub fn normalise(network: &str) -> Result<(String, IpNet), BlocklistError> {
-    let net = key(network)?;
-    Ok((canonical(&net), net))
-}
-
 /// The network `network` names, as the blocklist keys it: read as written,
-/// host bits clear.
+/// host bits clear, so `2001:DB8::/48` and `2001:db8::/48` are one entry.
 fn key(network: &str) -> Result<IpNet, BlocklistError> {
     let net = herald_guest::net::read_network(network)
         .ok_or_else(|| BlocklistError::NotANetwork(network.to_string()))?;
@@ -319,18 +312,22 @@ impl Blocklist {
     /// Entries in force at `now_ms` (expired ones are not returned), in
     /// address order.
     pub fn list(&self, now_ms: u64) -> Vec<Entry> {
-        self.in_force(now_ms).1
+        let s = self.state.lock().unwrap();
+        s.in_force(now_ms)
+            .map(|(net, held)| State::entry(net, held))
+            .collect()
     }
 
-    /// [`Blocklist::list`] with the list's generation, which changes with
-    /// every change: both taken at once.
-    pub fn in_force(&self, now_ms: u64) -> (u64, Vec<Entry>) {
+    /// The networks in force at `now_ms`, each with its expiry, and the
+    /// list's generation, which changes with every change: both taken at
+    /// once. What the kernel's copy is made from.
+    pub fn in_force(&self, now_ms: u64) -> (u64, Vec<(IpNet, Option<u64>)>) {
         let s = self.state.lock().unwrap();
-        let entries = s
+        let networks = s
             .in_force(now_ms)
-            .map(|(net, held)| State::entry(net, held))
+            .map(|(net, held)| (*net, held.expires_at))
             .collect();
-        (s.generation, entries)
+        (s.generation, networks)
     }
 
     /// The list's generation: it changes with every change.
@@ -461,7 +458,7 @@ mod tests {
             ("2001:DB8::/48", "2001:db8::/48"),
             ("2001:db8::1", "2001:db8::1"),
         ] {
-            assert_eq!(normalise(given).unwrap().0, key, "{given}");
+            assert_eq!(canonical(&super::key(given).unwrap()), key, "{given}");
         }
         for bad in [
             "",
@@ -471,13 +468,13 @@ mod tests {
             "198.51.100.0/33",
         ] {
             assert_eq!(
-                normalise(bad),
+                super::key(bad),
                 Err(BlocklistError::NotANetwork(bad.to_string())),
                 "{bad}"
             );
         }
         assert_eq!(
-            normalise("198.51.100.7/24"),
+            super::key("198.51.100.7/24"),
             Err(BlocklistError::HostBits("198.51.100.7/24".into()))
         );
     }

@@ -62,7 +62,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::blocklist::{Blocklist, Entry, normalise};
+use super::blocklist::Blocklist;
 use crate::config::{NftFamily, Nftables};
 use crate::event::now_ms;
 
@@ -93,18 +93,16 @@ pub struct Elements {
 }
 
 impl Elements {
-    /// The elements that block what `entries` block, for a table of
-    /// `family` (an `ip` table has no IPv6 set, an `ip6` table no IPv4 set).
-    pub fn of(entries: &[Entry], family: NftFamily) -> Elements {
+    /// The elements that block what `networks` (each with its expiry)
+    /// block, for a table of `family` (an `ip` table has no IPv6 set, an
+    /// `ip6` table no IPv4 set).
+    pub fn of(networks: &[(IpNet, Option<u64>)], family: NftFamily) -> Elements {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
-        for e in entries {
-            let Ok((_, net)) = normalise(&e.network) else {
-                continue;
-            };
+        for &(net, expires_at) in networks {
             match unmapped(net) {
-                IpNet::V4(n) => v4.push((n, e.expires_at)),
-                IpNet::V6(n) => v6.push((n, e.expires_at)),
+                IpNet::V4(n) => v4.push((n, expires_at)),
+                IpNet::V6(n) => v6.push((n, expires_at)),
             }
         }
         Elements {
@@ -516,8 +514,8 @@ impl Firewall {
             return true;
         }
         let now = now_ms();
-        let (generation, entries) = blocklist.in_force(now);
-        let to = Elements::of(&entries, self.config.family);
+        let (generation, networks) = blocklist.in_force(now);
+        let to = Elements::of(&networks, self.config.family);
         let started = Instant::now();
         let mut done = None;
         if let Some(from) = &s.elements {
