@@ -67,12 +67,24 @@ impl Decoder {
     /// Decode one record into its events. Errors name the record
     /// (`topic/partition@offset`).
     pub fn decode(&self, r: &Record) -> Result<Vec<Event>, Undecodable> {
-        let fail = |kept, e: &dyn std::fmt::Display| Undecodable {
-            kept,
-            error: format!("{}/{}@{}: {e}", r.topic, r.partition, r.offset),
-        };
+        let mut events = Vec::new();
+        match self.decode_into(r, &mut events) {
+            Ok(()) => Ok(events),
+            Err(error) => Err(Undecodable {
+                kept: events,
+                error,
+            }),
+        }
+    }
+
+    /// [`Decoder::decode`] onto the end of `out`, where a batch's events
+    /// are gathered. On an error, `out` holds the events to act on
+    /// nonetheless ([`Undecodable::kept`]) after those it held before.
+    pub fn decode_into(&self, r: &Record, out: &mut Vec<Event>) -> Result<(), String> {
+        let fail =
+            |e: &dyn std::fmt::Display| format!("{}/{}@{}: {e}", r.topic, r.partition, r.offset);
         let Some(value) = &r.value else {
-            return Err(fail(vec![], &"record has no value"));
+            return Err(fail(&"record has no value"));
         };
         let position = Position {
             topic: r.topic.clone(),
@@ -81,7 +93,7 @@ impl Decoder {
         };
         let untrusted = |e: Untrusted| {
             metrics::counter!("herald_untrusted_total", "reason" => e.reason()).increment(1);
-            fail(vec![], &e)
+            fail(&e)
         };
         if let Some((topic, own)) = &self.stalwart
             && **topic == *r.topic
@@ -93,33 +105,34 @@ impl Decoder {
             {
                 return Err(untrusted(Untrusted::StalwartRefused));
             }
-            let decoded = stalwart::decode_at_most(value, self.max_stalwart_events)
-                .map_err(|e| fail(vec![], &e))?;
+            let decoded =
+                stalwart::decode_at_most(value, self.max_stalwart_events).map_err(|e| fail(&e))?;
             if decoded.node_id == *own {
                 // Our own batch, echoed back by the topic.
-                return Ok(vec![]);
+                return Ok(());
             }
             let ts = r.timestamp_ms.unwrap_or(0).max(0) as u64;
-            let events = decoded
-                .events
-                .into_iter()
-                .enumerate()
-                .map(|(i, body)| Event {
-                    id: format!("stwt-{}-{}-{}-{i}", decoded.node_id, r.partition, r.offset),
-                    origin: format!("stalwart:{}", decoded.node_id),
-                    ts,
-                    hops: 0,
-                    position: position.clone(),
-                    body,
-                })
-                .collect();
+            out.extend(
+                decoded
+                    .events
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, body)| Event {
+                        id: format!("stwt-{}-{}-{}-{i}", decoded.node_id, r.partition, r.offset),
+                        origin: format!("stalwart:{}", decoded.node_id),
+                        ts,
+                        hops: 0,
+                        position: position.clone(),
+                        body,
+                    }),
+            );
             return match decoded.error {
-                None => Ok(events),
-                Some(e) => Err(fail(events, &e)),
+                None => Ok(()),
+                Some(e) => Err(fail(&e)),
             };
         }
         let Some(policy) = &self.trust else {
-            return Event::from_record(value, position).map_err(|(kept, e)| fail(kept, &e));
+            return Event::read_record(value, position, out).map_err(|e| fail(&e));
         };
         // The signature first: bytes nobody trusted are not even parsed. One
         // signature covers a whole bundle, and a bundle is admitted whole or
@@ -127,14 +140,20 @@ impl Decoder {
         let signer = policy
             .verify(r.key.as_deref(), value, r.signature.as_ref())
             .map_err(untrusted)?;
-        let events = Event::from_record(value, position).map_err(|(_, e)| fail(vec![], &e))?;
-        let now = crate::event::now_ms();
-        for event in &events {
-            policy
-                .admit(event, signer.as_ref(), now)
-                .map_err(untrusted)?;
+        let before = out.len();
+        let admitted = Event::read_record(value, position, out)
+            .map_err(|e| fail(&e))
+            .and_then(|()| {
+                let now = crate::event::now_ms();
+                out[before..]
+                    .iter()
+                    .try_for_each(|event| policy.admit(event, signer.as_ref(), now))
+                    .map_err(untrusted)
+            });
+        if admitted.is_err() {
+            out.truncate(before);
         }
-        Ok(events)
+        admitted
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{Decoder, Record, Undecodable};
+use crate::codec::{Decoder, Record};
 use crate::config::Retry;
 use crate::effects::Effects;
 use crate::event::Event;
@@ -159,11 +159,11 @@ impl Dispatcher {
         let handlers = self.handlers.current();
         let mut events = Vec::with_capacity(records.len());
         for record in records {
-            let (mut decoded, mut failure) = match self.decoder.decode(record) {
-                Ok(decoded) => (decoded, None),
-                Err(Undecodable { kept, error }) => (kept, Some(error)),
-            };
-            if let Some(looping) = decoded.iter().find(|e| e.hops > self.max_hops) {
+            // Decoded straight onto the batch's events; this record's are
+            // those past `start`.
+            let start = events.len();
+            let mut failure = self.decoder.decode_into(record, &mut events).err();
+            if let Some(looping) = events[start..].iter().find(|e| e.hops > self.max_hops) {
                 // A chain of handler publishes this long is a loop: end it
                 // here, on every node, with a letter that says so.
                 metrics::counter!("herald_hop_limit_total").increment(1);
@@ -177,13 +177,14 @@ impl Dispatcher {
                     looping.hops,
                     self.max_hops
                 ));
-                decoded.clear();
+                events.truncate(start);
             }
-            if events.len() + decoded.len() > MAX_EVENTS_IN_FLIGHT {
-                self.run_all(&handlers, &events, records, stop).await?;
-                events.clear();
+            if events.len() > MAX_EVENTS_IN_FLIGHT && start > 0 {
+                // The earlier records' events go first, on their own.
+                self.run_all(&handlers, &events[..start], records, stop)
+                    .await?;
+                events.drain(..start);
             }
-            events.extend(decoded);
             match failure {
                 None => {}
                 Some(error) => {

@@ -235,31 +235,41 @@ impl Event {
         bytes: &[u8],
         position: Position,
     ) -> Result<Vec<Event>, (Vec<Event>, DecodeError)> {
+        let mut events = Vec::new();
+        match Event::read_record(bytes, position, &mut events) {
+            Ok(()) => Ok(events),
+            Err(e) => Err((events, e)),
+        }
+    }
+
+    /// [`Event::from_record`] onto the end of `out`, where a batch's events
+    /// are gathered: no vector of its own for every record. On a fault,
+    /// the events before it are left in `out`.
+    pub fn read_record(
+        bytes: &[u8],
+        position: Position,
+        out: &mut Vec<Event>,
+    ) -> Result<(), DecodeError> {
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'[') {
-            return Event::from_json(bytes, position)
-                .map(|e| vec![e])
-                .map_err(|e| (vec![], e));
+            out.push(Event::from_json(bytes, position)?);
+            return Ok(());
         }
-        let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(bytes)
-            .map_err(|e| (vec![], DecodeError(format!("bundle: {e}"))))?;
+        let items: Vec<&serde_json::value::RawValue> =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError(format!("bundle: {e}")))?;
         if items.len() > MAX_BUNDLE {
-            return Err((
-                vec![],
-                DecodeError(format!(
-                    "bundle: {} envelopes, at most {MAX_BUNDLE} are allowed",
-                    items.len()
-                )),
-            ));
+            return Err(DecodeError(format!(
+                "bundle: {} envelopes, at most {MAX_BUNDLE} are allowed",
+                items.len()
+            )));
         }
-        let mut events = Vec::with_capacity(items.len());
+        out.reserve(items.len());
         for (i, item) in items.iter().enumerate() {
-            match Event::from_json(item.get().as_bytes(), position.clone()) {
-                Ok(e) => events.push(e),
-                Err(e) => return Err((events, DecodeError(format!("bundle element {i}: {e}")))),
-            }
+            let event = Event::from_json(item.get().as_bytes(), position.clone())
+                .map_err(|e| DecodeError(format!("bundle element {i}: {e}")))?;
+            out.push(event);
         }
-        Ok(events)
+        Ok(())
     }
 
     /// A bundle record's value: `events` as one JSON array.
