@@ -16,7 +16,8 @@
 //! the middle of an append) is ignored, as it was never synced and so never
 //! committed.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,11 @@ struct State {
     /// Keyed by network, host bits clear: a key compares as numbers, and
     /// the list reads in address order (IPv4 first).
     entries: BTreeMap<IpNet, Held>,
+    /// Every expiry in `entries`, soonest on top, so that expiring looks
+    /// only at what is due rather than through the whole list four times a
+    /// second. An item whose entry has since gone or changed its expiry is
+    /// stale, and dropped when it comes up (see [`State::expiring`]).
+    expiring: BinaryHeap<Reverse<(u64, IpNet)>>,
     /// Changes not yet in the journal.
     pending: Vec<Change>,
     /// Lines in the journal since the snapshot.
@@ -127,13 +133,39 @@ impl State {
                     reason: e.reason.into(),
                     expires_at: e.expires_at,
                 };
-                self.entries.insert(net, held);
+                self.hold(net, held);
             }
             Line::Unblock { network } => {
                 self.entries.remove(&key(&network)?);
             }
         }
         Ok(())
+    }
+
+    /// Keep `held` for `net`, replacing what was held.
+    fn hold(&mut self, net: IpNet, held: Held) {
+        self.expire_at(net, &held);
+        self.entries.insert(net, held);
+    }
+
+    /// Note when `held`, now held for `net`, expires.
+    fn expire_at(&mut self, net: IpNet, held: &Held) {
+        if let Some(at) = held.expires_at {
+            self.expiring.push(Reverse((at, net)));
+        }
+    }
+
+    /// Drop the stale items of the expiry index once they outnumber the
+    /// live ones: a network blocked again and again with a new expiry
+    /// each time (a repeat offender) would otherwise grow it for good.
+    fn expiring(&mut self) {
+        if self.expiring.len() > 2 * self.entries.len() + 1024 {
+            self.expiring = self
+                .entries
+                .iter()
+                .filter_map(|(net, held)| Some(Reverse((held.expires_at?, *net))))
+                .collect();
+        }
     }
 
     /// Note a change already applied to `entries`.
@@ -275,6 +307,7 @@ impl Blocklist {
             }
             std::collections::btree_map::Entry::Occupied(mut held_now) => {
                 held_now.insert(held.clone());
+                s.expire_at(net, &held);
             }
             std::collections::btree_map::Entry::Vacant(_) if full => {
                 return Err(Refusal::Full {
@@ -285,6 +318,7 @@ impl Blocklist {
             }
             std::collections::btree_map::Entry::Vacant(free) => {
                 free.insert(held.clone());
+                s.expire_at(net, &held);
             }
         }
         s.changed(Change::Block(net, held));
@@ -335,28 +369,47 @@ impl Blocklist {
         self.state.lock().unwrap().generation
     }
 
-    /// The entry that covers `ip` at `now_ms`, if any.
+    /// The entry that covers `ip` at `now_ms`, if any; of several, the
+    /// broadest.
     pub fn check(&self, ip: IpAddr, now_ms: u64) -> Option<Entry> {
+        let widest = match ip {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
         let s = self.state.lock().unwrap();
-        s.in_force(now_ms)
-            .find(|(net, _)| net.contains(&ip))
-            .map(|(net, held)| State::entry(net, held))
+        // One lookup per prefix length that could cover it, rather than a
+        // walk through the whole list under the lock every worker needs.
+        (0..=widest).find_map(|len| {
+            let net = IpNet::new(ip, len).ok()?.trunc();
+            let held = s.entries.get(&net)?;
+            held.expires_at
+                .is_none_or(|t| t > now_ms)
+                .then(|| State::entry(&net, held))
+        })
     }
 
     /// Drop expired entries; returns how many went.
     pub fn expire(&self, now_ms: u64) -> usize {
         let mut s = self.state.lock().unwrap();
-        let expired: Vec<IpNet> = s
-            .entries
-            .iter()
-            .filter(|(_, h)| h.expires_at.is_some_and(|t| t <= now_ms))
-            .map(|(net, _)| *net)
-            .collect();
-        for net in &expired {
-            s.entries.remove(net);
-            s.changed(Change::Unblock(*net));
+        let mut expired = 0;
+        while let Some(&Reverse((at, net))) = s.expiring.peek() {
+            if at > now_ms {
+                break;
+            }
+            s.expiring.pop();
+            // Only if the entry still expires then: it may have been
+            // unblocked, or blocked again with another expiry, since.
+            if s.entries
+                .get(&net)
+                .is_some_and(|h| h.expires_at == Some(at))
+            {
+                s.entries.remove(&net);
+                s.changed(Change::Unblock(net));
+                expired += 1;
+            }
         }
-        expired.len()
+        s.expiring();
+        expired
     }
 
     /// Make every change so far durable: append it to the journal and
@@ -400,21 +453,33 @@ impl Blocklist {
             changes.clear();
             changes.shrink_to(2 * n);
         }
-        let mut s = self.state.lock().unwrap();
-        if s.journaled > s.entries.len().max(1024) {
-            let entries: Vec<Entry> = s
-                .entries
+        let held: Vec<(IpNet, Held)> = {
+            let s = self.state.lock().unwrap();
+            if s.journaled <= s.entries.len().max(1024) {
+                return Ok(());
+            }
+            // Copied under the lock (a reason is shared, not copied), written
+            // outside it: the workers block through that lock, and a
+            // snapshot of a large list takes two syncs. No flush can run
+            // meanwhile (this one holds `flushing`), so the journal gains
+            // nothing before it is emptied below; changes made meanwhile wait
+            // in `pending` for the next flush.
+            s.entries
                 .iter()
-                .map(|(net, held)| State::entry(net, held))
-                .collect();
-            durable::replace(
-                &self.dir.join("blocklist.json"),
-                &serde_json::to_vec(&entries)?,
-            )?;
-            // The snapshot has everything the journal had.
-            durable::replace(&self.dir.join("blocklist.journal"), b"")?;
-            s.journaled = 0;
-        }
+                .map(|(net, held)| (*net, held.clone()))
+                .collect()
+        };
+        let entries: Vec<Entry> = held
+            .iter()
+            .map(|(net, held)| State::entry(net, held))
+            .collect();
+        durable::replace(
+            &self.dir.join("blocklist.json"),
+            &serde_json::to_vec(&entries)?,
+        )?;
+        // The snapshot has everything the journal had.
+        durable::replace(&self.dir.join("blocklist.journal"), b"")?;
+        self.state.lock().unwrap().journaled = 0;
         Ok(())
     }
 
@@ -585,6 +650,83 @@ mod tests {
         );
     }
 
+    #[test]
+    fn expiry_follows_the_latest_block_of_a_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Blocklist::open(dir.path()).unwrap();
+        // Blocked again with a later expiry: the earlier one no longer counts.
+        b.block("198.51.100.1", "x", Some(1_000)).unwrap();
+        b.block("198.51.100.1", "x", Some(5_000)).unwrap();
+        // Blocked again for good.
+        b.block("198.51.100.2", "y", Some(1_000)).unwrap();
+        b.block("198.51.100.2", "y", None).unwrap();
+        // Unblocked, then blocked again with a later expiry.
+        b.block("198.51.100.3", "z", Some(1_000)).unwrap();
+        b.unblock("198.51.100.3").unwrap();
+        b.block("198.51.100.3", "z", Some(6_000)).unwrap();
+        assert_eq!(b.expire(2_000), 0);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.expire(5_000), 1);
+        assert_eq!(b.expire(5_999), 0);
+        assert_eq!(b.expire(6_000), 1);
+        let left: Vec<_> = b.list(0).into_iter().map(|e| e.network).collect();
+        assert_eq!(left, ["198.51.100.2"]);
+        // What a reopen reads expires as well.
+        b.block("198.51.100.4", "w", Some(7_000)).unwrap();
+        b.flush().unwrap();
+        let again = Blocklist::open(dir.path()).unwrap();
+        assert_eq!(again.expire(7_000), 1);
+        assert_eq!(again.len(), 1);
+    }
+
+    #[test]
+    fn a_check_answers_the_broadest_entry_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Blocklist::open(dir.path()).unwrap();
+        b.block("198.51.0.0/16", "wide", Some(1_000)).unwrap();
+        b.block("198.51.100.0/24", "narrow", None).unwrap();
+        b.block("198.51.100.7", "one", None).unwrap();
+        b.block("2001:db8::/32", "v6", None).unwrap();
+        let covering = |ip: &str, now| b.check(ip.parse().unwrap(), now).map(|e| e.network);
+        assert_eq!(
+            covering("198.51.100.7", 0).as_deref(),
+            Some("198.51.0.0/16")
+        );
+        assert_eq!(
+            covering("198.51.100.7", 1_000).as_deref(),
+            Some("198.51.100.0/24")
+        );
+        assert_eq!(
+            covering("198.51.100.8", 1_000).as_deref(),
+            Some("198.51.100.0/24")
+        );
+        assert_eq!(covering("198.51.101.7", 1_000), None);
+        assert_eq!(
+            covering("2001:db8:ffff::1", 0).as_deref(),
+            Some("2001:db8::/32")
+        );
+        assert_eq!(covering("2001:db9::1", 0), None);
+        b.unblock("198.51.100.0/24").unwrap();
+        assert_eq!(
+            covering("198.51.100.7", 1_000).as_deref(),
+            Some("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn a_repeat_offender_does_not_grow_the_expiry_index_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Blocklist::open(dir.path()).unwrap();
+        for at in 0..10_000u64 {
+            b.block("198.51.100.1", "again", Some(1_000_000 + at))
+                .unwrap();
+        }
+        assert_eq!(b.expire(0), 0);
+        assert!(b.state.lock().unwrap().expiring.len() <= 1026);
+        assert_eq!(b.expire(1_000_000 + 9_998), 0);
+        assert_eq!(b.expire(1_000_000 + 9_999), 1);
+        assert!(b.is_empty());
+    }
     #[test]
     fn the_journal_replays_and_folds_into_a_snapshot() {
         let dir = tempfile::tempdir().unwrap();
