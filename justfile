@@ -3,7 +3,7 @@
 #   just test    build everything and run every test
 #   just lint    formatting, clippy and rustdoc, warnings as errors
 #   just package the Debian package, target/debian/herald_<version>-1_<arch>.deb
-#   just bench   sandbox, decode, trust and end-to-end benchmarks (bench-quick: smaller)
+#   just bench   sandbox, decode, pipeline, trust and end-to-end benchmarks (bench-quick: smaller)
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
@@ -97,14 +97,14 @@ lint: setup
 # those end-to-end sections only.
 bench filter="": build
     tests/broker.sh install
-    {{ if filter == "" { "cargo bench -p herald --bench sandbox && cargo bench -p herald --bench decode && cargo bench -p herald --bench trust" } else { "true" } }}
+    {{ if filter == "" { "cargo bench -p herald --bench sandbox && cargo bench -p herald --bench decode && cargo bench -p herald --bench pipeline && cargo bench -p herald --bench trust" } else { "true" } }}
     tests/broker.sh run cargo bench -p herald-tests --bench end_to_end -- {{ filter }}
 
 # The same benchmarks, smaller (about 90 s once built): to check a
 # change cheaply. Compare its figures with each other, not with the targets.
 bench-quick filter="": build
     tests/broker.sh install
-    {{ if filter == "" { "cargo bench -p herald --bench sandbox -- --quick && cargo bench -p herald --bench decode -- --quick && cargo bench -p herald --bench trust -- --quick" } else { "true" } }}
+    {{ if filter == "" { "cargo bench -p herald --bench sandbox -- --quick && cargo bench -p herald --bench decode -- --quick && cargo bench -p herald --bench pipeline -- --quick && cargo bench -p herald --bench trust -- --quick" } else { "true" } }}
     HERALD_BENCH_QUICK=1 tests/broker.sh run cargo bench -p herald-tests --bench end_to_end -- {{ filter }}
 
 # Fuzz the Stalwart decoder (nightly; SECONDS=600 for a long run).

@@ -120,7 +120,10 @@ impl Node {
         topics
     }
 
-    fn dispatcher(&self, mode: Mode) -> Arc<Dispatcher> {
+    /// What a consumer of `mode` hands its records to: decode, then this
+    /// node's handlers of that mode, applying their effects here. Public for
+    /// the pipeline benchmark, which drives it without a broker.
+    pub fn dispatcher(&self, mode: Mode) -> Arc<Dispatcher> {
         let stalwart = self.config.stalwart.enabled.then(|| {
             (
                 self.config.stalwart.topic.clone(),
