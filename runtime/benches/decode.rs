@@ -3,6 +3,8 @@
 //! against serde_json merely skimming the same bytes (`IgnoredAny`) in the
 //! same run: the floor any JSON reader pays. Target: 0.5 µs per record.
 
+mod shared;
+
 use std::time::{Duration, Instant};
 
 use herald::codec::{Decoder, Record};
@@ -15,24 +17,7 @@ fn quick() -> bool {
 }
 
 fn records() -> Vec<Record> {
-    let n = if quick() { 50_000 } else { 200_000 };
-    (0..n)
-        .map(|i: u32| {
-            let ip = format!("198.{}.{}.{}", 18 + i / 65536, (i / 256) % 256, i % 256);
-            let value = format!(
-                r#"{{"v":1,"id":"e{i}","kind":"ip-block","origin":"node-2","ts":1795690000000,"body":{{"ip":"{ip}","action":"block","reason":"auth failures from this address"}}}}"#
-            );
-            Record {
-                topic: "herald.events".into(),
-                partition: (i % 4) as i32,
-                offset: i as i64,
-                key: Some(ip.into_bytes()),
-                value: Some(value.into_bytes()),
-                timestamp_ms: Some(1_795_690_000_000),
-                signature: None,
-            }
-        })
-        .collect()
+    shared::ip_blocks(if quick() { 50_000 } else { 200_000 }, 4)
 }
 
 fn median(mut f: impl FnMut() -> Duration) -> Duration {

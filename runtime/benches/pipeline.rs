@@ -11,10 +11,12 @@
 //! path shows in a few seconds. Needs `target/handlers/blocking.wasm`
 //! (`just bench` builds it).
 
+mod shared;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use herald::codec::{Decoder, Record};
+use herald::codec::Decoder;
 use herald::config::Config;
 use herald::manifest::Mode;
 use herald::node::Node;
@@ -29,28 +31,6 @@ fn quick() -> bool {
 
 fn rounds() -> usize {
     if quick() { 3 } else { 5 }
-}
-
-/// Records of the end-to-end bench's shape, on one partition.
-fn records() -> Vec<Record> {
-    let n = if quick() { 50_000 } else { 200_000 };
-    (0..n)
-        .map(|i: u32| {
-            let ip = format!("198.{}.{}.{}", 18 + i / 65536, (i / 256) % 256, i % 256);
-            let value = format!(
-                r#"{{"v":1,"id":"e{i}","kind":"ip-block","origin":"node-2","ts":1795690000000,"body":{{"ip":"{ip}","action":"block","reason":"bench"}}}}"#
-            );
-            Record {
-                topic: "herald.events".into(),
-                partition: 0,
-                offset: i as i64,
-                key: Some(ip.into_bytes()),
-                value: Some(value.into_bytes()),
-                timestamp_ms: Some(1_795_690_000_000),
-                signature: None,
-            }
-        })
-        .collect()
 }
 
 /// A node with the blocking handler in `dir`. Its broker is never
@@ -91,7 +71,8 @@ fn median(mut run: impl FnMut() -> f64) -> f64 {
 }
 
 fn main() {
-    let records = records();
+    // One partition: a worker's records.
+    let records = shared::ip_blocks(if quick() { 50_000 } else { 200_000 }, 1);
     let n = records.len() as f64;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
