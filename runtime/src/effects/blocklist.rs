@@ -346,8 +346,14 @@ impl Blocklist {
     /// Entries in force at `now_ms` (expired ones are not returned), in
     /// address order.
     pub fn list(&self, now_ms: u64) -> Vec<Entry> {
-        let s = self.state.lock().unwrap();
-        s.in_force(now_ms)
+        // Copied under the lock, written out as text outside it.
+        let held: Vec<(IpNet, Held)> = {
+            let s = self.state.lock().unwrap();
+            s.in_force(now_ms)
+                .map(|(net, held)| (*net, held.clone()))
+                .collect()
+        };
+        held.iter()
             .map(|(net, held)| State::entry(net, held))
             .collect()
     }
