@@ -82,7 +82,13 @@ struct State {
     /// Counts changes, so that a copy elsewhere (the kernel's, in
     /// [`super::firewall`]) knows whether it is behind.
     generation: u64,
+    /// The reasons given last, newest last (see [`State::reason`]).
+    reasons: std::collections::VecDeque<Arc<str>>,
 }
+
+/// Reasons kept for sharing: a few publishers (a mail server's auth-failure
+/// and rate limits, an operator) give a handful of reasons between them.
+const RECENT_REASONS: usize = 8;
 
 /// A change, as held until it is journaled. The reason is shared with the
 /// entry: a block allocates it once.
@@ -130,7 +136,7 @@ impl State {
             Line::Block(e) => {
                 let net = key(&e.network)?;
                 let held = Held {
-                    reason: e.reason.into(),
+                    reason: self.reason(&e.reason),
                     expires_at: e.expires_at,
                 };
                 self.hold(net, held);
@@ -140,6 +146,22 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// `text` as an entry's reason, shared with the entries that gave it
+    /// recently. A large list holds a few reasons many times over (every
+    /// block for failed logins says the same): one copy of each is enough,
+    /// and handing out another reference costs less than a copy.
+    fn reason(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.reasons.iter().rev().find(|r| ***r == *text) {
+            return shared.clone();
+        }
+        let reason: Arc<str> = text.into();
+        if self.reasons.len() == RECENT_REASONS {
+            self.reasons.pop_front();
+        }
+        self.reasons.push_back(reason.clone());
+        reason
     }
 
     /// Keep `held` for `net`, replacing what was held.
@@ -292,13 +314,13 @@ impl Blocklist {
     ) -> Result<(), BlocklistError> {
         let net = key(network)?;
         self.policy.check(&net)?;
-        // Made before the lock is taken: every worker blocks through it.
-        let held = Held {
-            reason: crate::bounded::cut(reason, self.policy.max_reason).into(),
-            expires_at,
-        };
+        let reason = crate::bounded::cut(reason, self.policy.max_reason);
         let mut guard = self.state.lock().unwrap();
         let s = &mut *guard;
+        let held = Held {
+            reason: s.reason(&reason),
+            expires_at,
+        };
         let full = s.entries.len() >= self.policy.max_entries;
         // One lookup: this runs for every block a handler asks for.
         match s.entries.entry(net) {
@@ -717,6 +739,33 @@ mod tests {
             covering("198.51.100.7", 1_000).as_deref(),
             Some("198.51.100.7")
         );
+    }
+
+    #[test]
+    fn entries_share_a_reason_given_again() {
+        let reasons = |b: &Blocklist| -> Vec<Arc<str>> {
+            let s = b.state.lock().unwrap();
+            s.entries.values().map(|h| h.reason.clone()).collect()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let b = Blocklist::open(dir.path()).unwrap();
+        for i in 1..=3 {
+            b.block(&format!("198.51.100.{i}"), "auth failures", None)
+                .unwrap();
+        }
+        b.block("198.51.100.4", "rate limit", None).unwrap();
+        b.block("198.51.100.5", "auth failures", None).unwrap();
+        let held = reasons(&b);
+        for i in [1, 2, 4] {
+            assert!(Arc::ptr_eq(&held[0], &held[i]), "entry {i}");
+        }
+        assert_eq!(&*held[3], "rate limit");
+        // What a reopen reads back is shared as well, and still says the same.
+        b.flush().unwrap();
+        let again = Blocklist::open(dir.path()).unwrap();
+        let held = reasons(&again);
+        assert!(Arc::ptr_eq(&held[0], &held[4]));
+        assert_eq!(again.list(0), b.list(0));
     }
 
     #[test]
