@@ -228,23 +228,11 @@ impl Event {
         })
     }
 
-    /// Parse a record value: one envelope, or a bundle (a JSON array of at
-    /// most [`MAX_BUNDLE`] envelopes). A bundle that fails part-way answers
-    /// the events before the fault and the fault, naming the element.
-    pub fn from_record(
-        bytes: &[u8],
-        position: Position,
-    ) -> Result<Vec<Event>, (Vec<Event>, DecodeError)> {
-        let mut events = Vec::new();
-        match Event::read_record(bytes, position, &mut events) {
-            Ok(()) => Ok(events),
-            Err(e) => Err((events, e)),
-        }
-    }
-
-    /// [`Event::from_record`] onto the end of `out`, where a batch's events
-    /// are gathered: no vector of its own for every record. On a fault,
-    /// the events before it are left in `out`.
+    /// Parse a record value, one envelope or a bundle (a JSON array of at
+    /// most [`MAX_BUNDLE`] envelopes), onto the end of `out`, where a batch's
+    /// events are gathered: no vector of its own for every record. A bundle
+    /// that fails part-way leaves the events before the fault in `out` and
+    /// answers the fault, naming the element.
     pub fn read_record(
         bytes: &[u8],
         position: Position,
