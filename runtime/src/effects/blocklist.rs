@@ -70,7 +70,7 @@ struct State {
     /// Every expiry in `entries`, soonest on top, so that expiring looks
     /// only at what is due rather than through the whole list four times a
     /// second. An item whose entry has since gone or changed its expiry is
-    /// stale, and dropped when it comes up (see [`State::expiring`]).
+    /// stale, and dropped when it comes up (see [`State::compact_expiring`]).
     expiring: BinaryHeap<Reverse<(u64, IpNet)>>,
     /// Changes not yet in the journal.
     pending: Vec<Change>,
@@ -180,7 +180,7 @@ impl State {
     /// Drop the stale items of the expiry index once they outnumber the
     /// live ones: a network blocked again and again with a new expiry
     /// each time (a repeat offender) would otherwise grow it for good.
-    fn expiring(&mut self) {
+    fn compact_expiring(&mut self) {
         if self.expiring.len() > 2 * self.entries.len() + 1024 {
             self.expiring = self
                 .entries
@@ -329,7 +329,6 @@ impl Blocklist {
             }
             std::collections::btree_map::Entry::Occupied(mut held_now) => {
                 held_now.insert(held.clone());
-                s.expire_at(net, &held);
             }
             std::collections::btree_map::Entry::Vacant(_) if full => {
                 return Err(Refusal::Full {
@@ -340,9 +339,9 @@ impl Blocklist {
             }
             std::collections::btree_map::Entry::Vacant(free) => {
                 free.insert(held.clone());
-                s.expire_at(net, &held);
             }
         }
+        s.expire_at(net, &held);
         s.changed(Change::Block(net, held));
         Ok(())
     }
@@ -436,7 +435,7 @@ impl Blocklist {
                 expired += 1;
             }
         }
-        s.expiring();
+        s.compact_expiring();
         expired
     }
 
