@@ -4,7 +4,8 @@
 #
 #   tests/broker.sh install        build nisshi if it is not cached yet
 #   tests/broker.sh run CMD...     start a broker on a free loopback port,
-#                                  run CMD with HERALD_TEST_BROKER=127.0.0.1:PORT,
+#                                  run CMD with HERALD_TEST_BROKER=127.0.0.1:PORT
+#                                  (and the broker's pid in HERALD_BROKER_PID),
 #                                  stop the broker, exit with CMD's status
 set -euo pipefail
 
@@ -45,7 +46,7 @@ run() {
         sleep 0.05
     done
     echo "tests/broker.sh: nisshi $VERSION on 127.0.0.1:$port (log: $log)" >&2
-    HERALD_TEST_BROKER="127.0.0.1:$port" HERALD_NISSHI="$BIN" "$@"
+    HERALD_TEST_BROKER="127.0.0.1:$port" HERALD_BROKER_PID=$pid HERALD_NISSHI="$BIN" "$@"
 }
 
 case "${1:-}" in

@@ -7,12 +7,14 @@
 //!    same window, from its 10 %th event to its 90 %th (its steady rate),
 //!    and the CPU the process spent per event in that window is printed
 //!    beside its rate (the rate moves with the shared machine's load more
-//!    than the CPU does);
+//!    than the CPU does), and the broker's (it shares the two cores);
 //! 2. latency: p50/p99 from publish to handled (the mailbox handler's IDLE
 //!    wake-up) at fixed publish rates (1 000 and 10 000 events/s, an
 //!    open-loop publisher: each event is due at its own time, whatever came
 //!    of the ones before, and its latency counts from then), beside a plain
-//!    consumer's; and the CPU a `herald run` that receives nothing uses;
+//!    consumer's, and herald's wake-up less the plain consumer's receipt of
+//!    the same event (herald's share, with the broker's mostly taken out);
+//!    and the CPU a `herald run` that receives nothing uses;
 //! 3. memory and start-up: how soon a `herald run` with the four built-in
 //!    handlers has them loaded from the compiled cache and its API
 //!    listening (target: 300 ms), and its resident memory, idle after
@@ -89,7 +91,7 @@ async fn plain_consumer(broker: &str, topic: &str, decode: bool) -> Window {
     let (from, to) = window();
     let mut n = 0;
     let mut started = None;
-    let mut cpu = Duration::ZERO;
+    let mut cpu = Cpu::default();
     while n < to {
         let m = consumer.recv().await.unwrap();
         if decode {
@@ -101,12 +103,12 @@ async fn plain_consumer(broker: &str, topic: &str, decode: bool) -> Window {
         n += 1;
         if n == from {
             started = Some(Instant::now());
-            cpu = process_cpu();
+            cpu = Cpu::now();
         }
     }
     Window {
         took: started.unwrap().elapsed(),
-        cpu: process_cpu() - cpu,
+        cpu: Cpu::now() - cpu,
     }
 }
 
@@ -118,15 +120,77 @@ async fn plain_consumer(broker: &str, topic: &str, decode: bool) -> Window {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Window {
     took: Duration,
-    cpu: Duration,
+    cpu: Cpu,
 }
 
 impl Window {
-    /// µs of CPU per event of the window.
+    /// µs of this process's CPU per event of the window.
     fn cpu_per_event(&self) -> f64 {
-        let (from, to) = window();
-        self.cpu.as_secs_f64() * 1e6 / (to - from) as f64
+        per_event(self.cpu.process)
     }
+
+    /// µs of the broker's CPU per event of the window: what serving this
+    /// reader cost the broker, which runs on the same two cores.
+    fn broker_cpu_per_event(&self) -> f64 {
+        per_event(self.cpu.broker)
+    }
+}
+
+/// µs per event of the timed window.
+fn per_event(cpu: Duration) -> f64 {
+    let (from, to) = window();
+    cpu.as_secs_f64() * 1e6 / (to - from) as f64
+}
+
+/// CPU time so far of this process and of the broker.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Cpu {
+    process: Duration,
+    broker: Duration,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        Self {
+            process: process_cpu(),
+            broker: broker_cpu(),
+        }
+    }
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            process: self.process - earlier.process,
+            broker: self.broker - earlier.broker,
+        }
+    }
+}
+
+/// User and system CPU time of the broker so far (`HERALD_BROKER_PID`,
+/// set by tests/broker.sh), from /proc in clock ticks (10 ms): a window's
+/// figure is good to a few per cent. Zero when the pid is not known.
+fn broker_cpu() -> Duration {
+    let Some(stat) = std::env::var("HERALD_BROKER_PID")
+        .ok()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+    else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 12th and 13th of them.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf only reads a system setting.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0);
+    Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
 /// User and system CPU time of this process so far, all threads.
@@ -176,13 +240,13 @@ async fn herald_node(c: &TestCluster, round: usize) -> Window {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let started = Instant::now();
-    let cpu = process_cpu();
+    let cpu = Cpu::now();
     while blocklist.len() < to as usize {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let took = Window {
         took: started.elapsed(),
-        cpu: process_cpu() - cpu,
+        cpu: Cpu::now() - cpu,
     };
     // The rest is applied before the node stops, so that no round leaves
     // work behind for the next.
@@ -217,36 +281,40 @@ async fn throughput() {
         decoding.push(plain_consumer(&c.broker, &c.topic, true).await);
         nodes.push(herald_node(&c, round).await);
     }
-    // Each column's own median: the rate and the CPU per event.
+    // Each column's own median: the rate, and the CPU per event of the
+    // reader and of the broker.
     let median = |v: &mut Vec<Window>| {
         v.sort();
         let rate = rate(v[rounds / 2].took);
-        let mut cpu: Vec<f64> = v.iter().map(Window::cpu_per_event).collect();
-        cpu.sort_by(f64::total_cmp);
-        (rate, cpu[rounds / 2])
+        let middle = |f: fn(&Window) -> f64| {
+            let mut cpu: Vec<f64> = v.iter().map(f).collect();
+            cpu.sort_by(f64::total_cmp);
+            cpu[rounds / 2]
+        };
+        (
+            rate,
+            middle(Window::cpu_per_event),
+            middle(Window::broker_cpu_per_event),
+        )
     };
-    let (plain_rate, plain_cpu) = median(&mut plains);
-    let (decoding_rate, decoding_cpu) = median(&mut decoding);
-    let (node_rate, node_cpu) = median(&mut nodes);
+    let plain = median(&mut plains);
+    let decoded = median(&mut decoding);
+    let node = median(&mut nodes);
     println!(
         "end to end, {n} ip-block events on {PARTITIONS} partitions, same broker, same run, median of {rounds}\n"
     );
-    println!("{:<44} {:>12} {:>16}", "reader", "events/s", "CPU µs/event");
-    for (reader, rate, cpu) in [
-        ("plain rdkafka consumer (read only)", plain_rate, plain_cpu),
-        (
-            "plain rdkafka consumer + JSON decode",
-            decoding_rate,
-            decoding_cpu,
-        ),
-        (
-            "herald node, blocking handler, committed",
-            node_rate,
-            node_cpu,
-        ),
+    println!(
+        "{:<44} {:>12} {:>16} {:>18}",
+        "reader", "events/s", "CPU µs/event", "broker µs/event"
+    );
+    for (reader, (rate, cpu, broker)) in [
+        ("plain rdkafka consumer (read only)", plain),
+        ("plain rdkafka consumer + JSON decode", decoded),
+        ("herald node, blocking handler, committed", node),
     ] {
-        println!("{reader:<44} {rate:>12.0} {cpu:>16.2}");
+        println!("{reader:<44} {rate:>12.0} {cpu:>16.2} {broker:>18.2}");
     }
+    let (plain_rate, decoding_rate, node_rate) = (plain.0, decoded.0, node.0);
     println!(
         "{:<44} {:>12.2}",
         "ratio herald / plain (read only)",
@@ -306,7 +374,7 @@ async fn latency_at(rate: u64, seconds: u64) {
             let v: serde_json::Value =
                 serde_json::from_slice(rdkafka::Message::payload(&m).unwrap()).unwrap();
             let sent = v["body"]["changeId"].as_u64().unwrap();
-            lat.push(epoch.elapsed().as_micros() as u64 - sent);
+            lat.push((sent, epoch.elapsed().as_micros() as u64 - sent));
         }
         lat
     });
@@ -358,7 +426,7 @@ async fn latency_at(rate: u64, seconds: u64) {
         };
         match notice {
             Ok(Notice::StateChange { change_id, .. }) => {
-                latencies.push(epoch.elapsed().as_micros() as u64 - change_id)
+                latencies.push((change_id, epoch.elapsed().as_micros() as u64 - change_id))
             }
             Ok(_) => {}
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => missed += n as usize,
@@ -368,7 +436,19 @@ async fn latency_at(rate: u64, seconds: u64) {
     publisher.await.unwrap();
     stop.cancel();
     running.await.unwrap().unwrap();
-    let mut plain = baseline.await.unwrap();
+    let plain = baseline.await.unwrap();
+    // herald's own share: for each event both readers timed, how much later
+    // herald's wake-up came than the plain consumer's receipt. Both fetch
+    // from the same broker with the same settings, so what the broker adds
+    // (a produce, a fetch held or polled) mostly cancels out; it can be
+    // below zero when herald's fetch happened to return first.
+    let added: Vec<i64> = {
+        let plain: std::collections::HashMap<u64, u64> = plain.iter().copied().collect();
+        latencies
+            .iter()
+            .filter_map(|(id, lat)| Some(*lat as i64 - *plain.get(id)? as i64))
+            .collect()
+    };
     println!(
         "\npublish -> handled, {rate} events/s for {seconds} s (open loop), same broker, same run\n"
     );
@@ -376,13 +456,16 @@ async fn latency_at(rate: u64, seconds: u64) {
         "{:<44} {:>9} {:>9} {:>9} {:>9}",
         "", "p50 ms", "p99 ms", "max ms", "received"
     );
-    for (name, lat) in [
-        ("plain rdkafka consumer (received)", &mut plain),
+    let only_latency = |v: Vec<(u64, u64)>| v.into_iter().map(|(_, lat)| lat as i64).collect();
+    for (name, mut lat) in [
+        ("plain rdkafka consumer (received)", only_latency(plain)),
         (
             "herald node, mailbox handler (IDLE wake-up)",
-            &mut latencies,
+            only_latency(latencies),
         ),
+        ("herald's wake-up - plain receipt, same event", added),
     ] {
+        let lat: &mut Vec<i64> = &mut lat;
         lat.sort();
         let p = |q: f64| {
             lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
