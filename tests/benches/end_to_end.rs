@@ -14,7 +14,9 @@
 //!    of the ones before, and its latency counts from then), beside a plain
 //!    consumer's, and herald's wake-up less the plain consumer's receipt of
 //!    the same event (herald's share, with the broker's mostly taken out);
-//!    and the CPU a `herald run` that receives nothing uses;
+//!    the publisher's own lateness and the broker's produce acknowledgement
+//!    are printed above them, as what no reader can do better than; and
+//!    the CPU a `herald run` that receives nothing uses;
 //! 3. memory and start-up: how soon a `herald run` with the four built-in
 //!    handlers has them loaded from the compiled cache and its API
 //!    listening (target: 300 ms), and its resident memory, idle after
@@ -390,12 +392,18 @@ async fn latency_at(rate: u64, seconds: u64) {
     // then (or as soon after as the publisher gets to it) without waiting
     // for the ones before, and its change id carries the due time, so a
     // late publish counts against latency rather than hiding it.
+    // Beside the readers, two figures of the publishing side: how late the
+    // publisher handed each event to the producer (the bench's own share:
+    // its timer's resolution is a millisecond), and when the broker
+    // acknowledged it (the produce request's round trip).
     let publisher = tokio::spawn(async move {
         let mut deliveries = Vec::with_capacity(total as usize);
+        let mut late = Vec::with_capacity(total as usize);
         for i in 0..total {
             let due = Duration::from_nanos(i * 1_000_000_000 / rate);
             tokio::time::sleep_until((epoch + due).into()).await;
             let sent = due.as_micros() as u64;
+            late.push(epoch.elapsed().as_micros() as i64 - sent as i64);
             let ev = json!({"v":1,"id":format!("l{i}"),"kind":"state-change","origin":"bench","ts":1,
                 "body":{"accountId": i % 100,"changeId": sent,"types":["Email"]}});
             let payload = ev.to_string();
@@ -404,7 +412,10 @@ async fn latency_at(rate: u64, seconds: u64) {
                 let record = FutureRecord::to(&topic).key(&key).payload(&payload);
                 match producer.send_result(record) {
                     Ok(delivery) => {
-                        deliveries.push(delivery);
+                        deliveries.push(tokio::spawn(async move {
+                            delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+                            epoch.elapsed().as_micros() as i64 - sent as i64
+                        }));
                         break;
                     }
                     // Queue full: the producer is behind; try again.
@@ -412,9 +423,11 @@ async fn latency_at(rate: u64, seconds: u64) {
                 }
             }
         }
+        let mut acked = Vec::with_capacity(total as usize);
         for d in deliveries {
-            d.await.unwrap().map_err(|(e, _)| e).unwrap();
+            acked.push(d.await.unwrap());
         }
+        (late, acked)
     });
     let mut latencies = Vec::with_capacity(total as usize);
     // Notices this reader was too slow to take (the stream's buffer
@@ -433,7 +446,7 @@ async fn latency_at(rate: u64, seconds: u64) {
             Err(e) => panic!("idle stream: {e}"),
         }
     }
-    publisher.await.unwrap();
+    let (late, acked) = publisher.await.unwrap();
     stop.cancel();
     running.await.unwrap().unwrap();
     let plain = baseline.await.unwrap();
@@ -458,6 +471,8 @@ async fn latency_at(rate: u64, seconds: u64) {
     );
     let only_latency = |v: Vec<(u64, u64)>| v.into_iter().map(|(_, lat)| lat as i64).collect();
     for (name, mut lat) in [
+        ("publisher: handed to the producer", late),
+        ("publisher: acknowledged by the broker", acked),
         ("plain rdkafka consumer (received)", only_latency(plain)),
         (
             "herald node, mailbox handler (IDLE wake-up)",
