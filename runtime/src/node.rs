@@ -320,16 +320,19 @@ impl Node {
             // idles near its baseline within a second, not its peak.
             let finished = self.events_finished();
             let quiet = finished == seen;
-            if (quiet && busy) || ticks.is_multiple_of(40) {
-                release_free_memory();
-            }
+            let trim = (quiet && busy) || ticks.is_multiple_of(40);
             (seen, busy) = (finished, !quiet);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
             }
             let b = self.effects.blocklist.clone();
+            // Off the runtime's threads: trimming after a burst returns
+            // megabytes page by page, and a flush syncs the journal.
             let written = tokio::task::spawn_blocking(move || {
+                if trim {
+                    release_free_memory();
+                }
                 if b.expire(now_ms()) > 0 {
                     b.flush()?;
                 }
