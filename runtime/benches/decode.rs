@@ -59,14 +59,7 @@ fn main() {
     // As a partition worker decodes: onto one vector per batch of 100.
     let decode = median(|| {
         let t = Instant::now();
-        let mut events = Vec::with_capacity(100);
-        for batch in records.chunks(100) {
-            events.clear();
-            for r in batch {
-                decoder.decode_into(r, &mut events).unwrap();
-            }
-            std::hint::black_box(&events);
-        }
+        shared::decode_in_batches(&decoder, &records, 100);
         t.elapsed()
     });
     println!(

@@ -81,14 +81,7 @@ fn main() {
     let decoder = Decoder::default();
     let decode = median(|| {
         let start = Instant::now();
-        let mut events = Vec::with_capacity(BATCH);
-        for batch in records.chunks(BATCH) {
-            events.clear();
-            for r in batch {
-                decoder.decode_into(r, &mut events).unwrap();
-            }
-            std::hint::black_box(&events);
-        }
+        shared::decode_in_batches(&decoder, &records, BATCH);
         start.elapsed().as_secs_f64() * 1e6 / n
     });
     let pipeline = median(|| {

@@ -488,7 +488,8 @@ async fn latency_at(rate: u64, seconds: u64) {
         "{:<44} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "", "min ms", "p50 ms", "p99 ms", "max ms", "received"
     );
-    let only_latency = |v: Vec<(u64, u64)>| v.into_iter().map(|(_, lat)| lat as i64).collect();
+    let only_latency =
+        |v: Vec<(u64, u64)>| -> Vec<i64> { v.into_iter().map(|(_, lat)| lat as i64).collect() };
     for (name, mut lat) in [
         ("publisher: handed to the producer", late),
         ("publisher: acknowledged by the broker", acked),
@@ -499,7 +500,6 @@ async fn latency_at(rate: u64, seconds: u64) {
         ),
         ("herald's wake-up - plain receipt, same event", added),
     ] {
-        let lat: &mut Vec<i64> = &mut lat;
         lat.sort();
         let p = |q: f64| {
             lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))

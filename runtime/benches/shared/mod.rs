@@ -1,7 +1,7 @@
 //! What the benchmarks feed the node: ip-block records as a publisher
 //! writes them.
 
-use herald::codec::Record;
+use herald::codec::{Decoder, Record};
 
 /// `n` ip-block records of about 165 bytes, each blocking an address of its
 /// own, spread over `partitions` partitions (record `i` on `i % partitions`,
@@ -24,4 +24,17 @@ pub fn ip_blocks(n: u32, partitions: u32) -> Vec<Record> {
             }
         })
         .collect()
+}
+
+/// Decode `records` as a partition worker does: onto one vector per batch
+/// of `batch`, cleared between batches.
+pub fn decode_in_batches(decoder: &Decoder, records: &[Record], batch: usize) {
+    let mut events = Vec::with_capacity(batch);
+    for chunk in records.chunks(batch) {
+        events.clear();
+        for r in chunk {
+            decoder.decode_into(r, &mut events).unwrap();
+        }
+        std::hint::black_box(&events);
+    }
 }
