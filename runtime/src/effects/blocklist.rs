@@ -17,7 +17,7 @@
 //! committed.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -83,7 +83,7 @@ struct State {
     /// [`super::firewall`]) knows whether it is behind.
     generation: u64,
     /// The reasons given last, newest last (see [`State::reason`]).
-    reasons: std::collections::VecDeque<Arc<str>>,
+    reasons: VecDeque<Arc<str>>,
 }
 
 /// Reasons kept for sharing: a few publishers (a mail server's auth-failure
@@ -781,6 +781,7 @@ mod tests {
         assert_eq!(b.expire(1_000_000 + 9_999), 1);
         assert!(b.is_empty());
     }
+
     #[test]
     fn the_journal_replays_and_folds_into_a_snapshot() {
         let dir = tempfile::tempdir().unwrap();
