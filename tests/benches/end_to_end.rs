@@ -15,8 +15,11 @@
 //!    consumer's, and herald's wake-up less the plain consumer's receipt of
 //!    the same event (herald's share, with the broker's mostly taken out);
 //!    the publisher's own lateness and the broker's produce acknowledgement
-//!    are printed above them, as what no reader can do better than; and
-//!    the CPU a `herald run` that receives nothing uses;
+//!    are printed above them, as what no reader can do better than; then,
+//!    one event at a time between two `herald run` processes, a publish
+//!    through node B's API against a plain producer's, each until node A's
+//!    IDLE stream carries it; and the CPU a `herald run` that receives
+//!    nothing uses;
 //! 3. memory and start-up: how soon a `herald run` with the four built-in
 //!    handlers has them loaded from the compiled cache and its API
 //!    listening (target: 300 ms), and its resident memory, idle after
@@ -41,6 +44,7 @@ use herald::config::Config;
 use herald::effects::notify::Notice;
 use herald::manifest::Mode;
 use herald::node::Node;
+use herald_tests::api::Stream;
 use herald_tests::cluster::{Install, TestCluster, ip_block, unique};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -550,7 +554,83 @@ async fn latency() {
     for &rate in rates {
         latency_at(rate, seconds).await;
     }
+    api_latency().await;
     idle_cpu().await;
+}
+
+/// Closed loop, one event at a time: node B's API (`POST /v1/events`) or a
+/// plain producer publishes a state change, and the time until node A's
+/// IDLE stream (`GET /v1/stream`, two real `herald run` processes) carries
+/// it. The two paths alternate, so both see the same broker and load.
+async fn api_latency() {
+    let c = TestCluster::new("bench-api", PARTITIONS, &[Install::builtin("mailbox")]).await;
+    let mut a = c.start("a");
+    let mut b = c.start("b");
+    a.wait_assigned(&c.broadcast_group("a"));
+    b.wait_assigned(&c.broadcast_group("b"));
+    let mut stream = Stream::open(&mut a, "?account=5").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/events", b.api());
+    let rounds: u64 = if quick() { 40 } else { 200 };
+    let (mut api, mut producer) = (Vec::new(), Vec::new());
+    // The first two (one per path) open connections: not timed.
+    for change in 0..rounds + 2 {
+        let ev = json!({"kind": "state-change",
+            "body": {"accountId": 5, "changeId": change, "types": ["Email"]}});
+        let started = Instant::now();
+        let through_api = change % 2 == 0;
+        if through_api {
+            let r = http
+                .post(&url)
+                .bearer_auth(herald_tests::cluster::TOKEN)
+                .header("content-type", "application/json")
+                .body(ev.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 202);
+        } else {
+            let mut ev = ev;
+            ev["v"] = json!(1);
+            ev["id"] = json!(format!("api-bench-{change}"));
+            ev["origin"] = json!("bench");
+            ev["ts"] = json!(herald::event::now_ms());
+            c.publish("account:5", &ev).await;
+        }
+        let (_, data) = stream.next().await;
+        assert_eq!(data["changeId"], change);
+        if change >= 2 {
+            let took = started.elapsed().as_micros() as i64;
+            if through_api { api.push(took) } else { producer.push(took) }
+        }
+    }
+    println!("\npublish -> other node's IDLE stream, one event at a time, same run\n");
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>9}",
+        "", "min ms", "p50 ms", "p99 ms", "max ms"
+    );
+    let mut p50 = Vec::new();
+    for (name, mut lat) in [
+        ("plain producer -> node A's stream", producer),
+        ("POST /v1/events on node B -> A's stream", api),
+    ] {
+        lat.sort();
+        let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+        println!(
+            "{name:<44} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            p(0.0),
+            p(0.5),
+            p(0.99),
+            p(1.0)
+        );
+        p50.push(p(0.5));
+    }
+    println!(
+        "{:<44} {:>9.2}  (target: at most 2)",
+        "ratio API / producer at p50",
+        p50[1] / p50[0]
+    );
+    assert!(a.terminate().success() && b.terminate().success());
 }
 
 /// RSS of a real `herald run` with the four built-in handlers after

@@ -83,4 +83,5 @@ pub fn ec_certificate(id: &str, key: &str) -> serde_json::Value {
                 "privateKeyPem":cert_fixture(key),"notAfter":1}})
 }
 
+pub mod api;
 pub mod cluster;

@@ -408,7 +408,8 @@ async fn does_not_wait_for_a_long_retry_after() {
         panic!("expected transient, got {got:?}");
     };
     assert!(why.contains("503") && why.contains("3600"), "{why}");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    // Far below the hour it was asked to wait: a guard, not a timing.
+    assert!(started.elapsed() < Duration::from_secs(60));
     assert_eq!(server.requests(), 1);
     assert_eq!(push.remembered(), 0);
 }
@@ -556,7 +557,9 @@ async fn refuses_bad_endpoints_without_connecting() {
             panic!("expected invalid for {endpoint}, got {got:?}");
         };
         assert!(why.contains(endpoint), "{why}");
-        assert!(started.elapsed() < Duration::from_millis(200));
+        // Refused before any connection (the unroutable 203.0.113.1
+        // would hang until the 5 s request timeout): a guard, not a timing.
+        assert!(started.elapsed() < Duration::from_secs(4));
     }
     assert_eq!(push.remembered(), 0);
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use herald_tests::api::Stream;
 use herald_tests::cluster::{Install, NodeProcess, TOKEN, TestCluster, ip_block, wait_until};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -45,59 +46,6 @@ async fn post(node: &mut NodeProcess, path: &str, body: &Value) -> (StatusCode, 
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// A Server-Sent Events subscription, read event by event.
-struct Stream {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Stream {
-    async fn open(node: &mut NodeProcess, query: &str) -> Stream {
-        let response = http()
-            .get(format!("{}/v1/stream{query}", node.api()))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        let mut s = Stream {
-            response,
-            buffer: String::new(),
-        };
-        let (event, _) = s.next().await;
-        assert_eq!(event, "ready");
-        s
-    }
-
-    /// The next (event, data), skipping keep-alive comments.
-    async fn next(&mut self) -> (String, Value) {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = String::new();
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(e) = line.strip_prefix("event:") {
-                        event = e.trim().to_string();
-                    } else if let Some(d) = line.strip_prefix("data:") {
-                        data.push_str(d.trim());
-                    }
-                }
-                if event.is_empty() {
-                    continue;
-                }
-                return (event, serde_json::from_str(&data).unwrap_or(Value::Null));
-            }
-            let chunk = tokio::time::timeout(LONG, self.response.chunk())
-                .await
-                .expect("stream event")
-                .unwrap()
-                .expect("stream open");
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-}
-
 fn state_change(account: u32, change: u64) -> Value {
     json!({"kind": "state-change", "body": {"accountId": account, "changeId": change, "types": ["Email"]}})
 }
@@ -111,26 +59,17 @@ async fn an_idle_subscriber_on_one_node_hears_a_change_published_on_another() {
     b.wait_assigned(&c.broadcast_group("b"));
     let mut five = Stream::open(&mut a, "?account=5").await;
     let mut six = Stream::open(&mut a, "?account=6").await;
-    // Warm the path once (connections, first fetch), then measure.
-    let (status, _) = post(&mut b, "/v1/events", &state_change(5, 1)).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(five.next().await.1["changeId"], 1);
-    let mut took = Vec::new();
-    for change in 2..7 {
-        let started = Instant::now();
-        post(&mut b, "/v1/events", &state_change(5, change)).await;
+    // How fast is a benchmark figure (`just bench latency`), not asserted
+    // here: a loaded machine may miss any bound. This checks what arrives.
+    for change in 1..7 {
+        let (status, _) = post(&mut b, "/v1/events", &state_change(5, change)).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
         let (event, data) = five.next().await;
-        took.push(started.elapsed());
         assert_eq!(event, "state-change");
         assert_eq!(data["accountId"], 5);
         assert_eq!(data["changeId"], change);
         assert_eq!(data["types"], json!(["Email"]));
     }
-    eprintln!("publish on B -> IDLE event on A: {took:?}");
-    assert!(
-        took.iter().all(|t| *t < Duration::from_millis(100)),
-        "slower than 100 ms: {took:?}"
-    );
     // Account 6's subscriber heard none of account 5's changes.
     post(&mut b, "/v1/events", &state_change(6, 99)).await;
     assert_eq!(six.next().await.1["changeId"], 99);

@@ -195,7 +195,8 @@ async fn an_endless_loop_ends_at_its_deadline() {
         took >= Duration::from_millis(100),
         "interrupted early: {took:?}"
     );
-    assert!(took < Duration::from_secs(5), "interrupted late: {took:?}");
+    // The spinner never returns by itself: a guard, not a timing.
+    assert!(took < Duration::from_secs(30), "not interrupted: {took:?}");
     carries_on(&sb, &h).await;
 }
 

@@ -1,0 +1,16 @@
+//! Every end-to-end suite, one module each, in one test binary: the suites
+//! share herald's library and wasmtime, and linking them once instead of
+//! eleven times is minutes on a 2-core machine. `cargo test -p herald-tests
+//! node_api::` runs one suite.
+
+mod cli;
+mod crash;
+mod firewall;
+mod hostile;
+mod kafka;
+mod node_api;
+mod operations;
+mod package;
+mod push;
+mod sandbox;
+mod trust;
