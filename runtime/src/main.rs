@@ -151,6 +151,23 @@ enum CertCmd {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Install a certificate on this node now, past the version and
+    /// no-rollback rules (a way out of a bad certificate): it gets a version
+    /// of the current time, so older replays stay refused and the cluster's
+    /// next newer certificate replaces it.
+    Force {
+        #[arg(long)]
+        config: PathBuf,
+        /// The names to install it for, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        domains: Vec<String>,
+        /// The chain, leaf first (fullchain.pem).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The private key (privkey.pem), in plaintext.
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -254,6 +271,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             herald::cli::keys::publish_certificate(&config, &domains, &cert, &key, &mut stdout)
                 .await?
         }
+        Command::Cert(CertCmd::Force {
+            config,
+            domains,
+            cert,
+            key,
+        }) => herald::cli::keys::force_certificate(&config, &domains, &cert, &key, &mut stdout)?,
         Command::Push(PushCmd::VapidKey { config }) => {
             herald::cli::push::vapid_key(&config, &mut stdout)?
         }

@@ -4,6 +4,7 @@
 //! node_api::` runs one suite.
 
 mod cli;
+mod converge;
 mod crash;
 mod firewall;
 mod hostile;

@@ -52,18 +52,12 @@ async fn blocking_blocks_valid_addresses_and_rejects_garbage() {
     let sb = sandbox(&dir);
     let h = load(&sb, "blocking");
     let rec = Arc::new(Recorder::new());
-    let out = sb
-        .call(
-            &h,
-            &[
-                ip_block("203.0.113.7"),
-                ip_block("not-an-ip"),
-                ip_block("127.0.0.1"),
-            ],
-            rec.clone(),
-        )
-        .await
-        .unwrap();
+    let events = [
+        ip_block("203.0.113.7"),
+        ip_block("not-an-ip"),
+        ip_block("127.0.0.1"),
+    ];
+    let out = sb.call(&h, &events, rec.clone()).await.unwrap();
     assert_eq!(out[0], Outcome::Ok);
     assert!(
         matches!(&out[1], Outcome::Reject(r) if r.contains("not-an-ip")),
@@ -78,7 +72,9 @@ async fn blocking_blocks_valid_addresses_and_rejects_garbage() {
         vec![Effect::Block {
             network: "203.0.113.7".into(),
             reason: "test".into(),
-            expires_at: None
+            expires_at: None,
+            // The block is the first event's write: it carries its version.
+            version: Some(events[0].version()),
         }]
     );
 }

@@ -64,3 +64,17 @@ impl Stream {
     }
 }
 
+
+/// `GET path` on `node`'s API with the test token: the status and the JSON
+/// body (null if it is not JSON).
+pub async fn get(node: &mut NodeProcess, path: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{}{path}", node.api()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}

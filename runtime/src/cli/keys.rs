@@ -127,3 +127,43 @@ pub async fn publish_certificate(
     )?;
     Ok(())
 }
+
+/// `herald cert force`: check a certificate and its key and install them in
+/// this node's store (`stateDir`), whatever version or notAfter is
+/// installed. The install gets the version (now, `force-<node>`): a replay
+/// of anything older stays stale, and the cluster's next certificate for the
+/// domain, newer still, replaces it. The reload hooks are the operator's to
+/// run (`systemctl reload` the mail server) once this returns.
+pub fn force_certificate(
+    config: &Path,
+    domains: &[String],
+    cert: &Path,
+    key: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))
+    };
+    let (chain, plain_key) = (read(cert)?, read(key)?);
+    let now_ms = crate::event::now_ms();
+    let not_after = herald_guest::x509::check(domains, &chain, &plain_key, (now_ms / 1000) as i64)
+        .map_err(|e| anyhow::anyhow!("{} with {}: {e}", cert.display(), key.display()))?;
+    let store = crate::effects::certs::CertStore::open(&config.state_dir)?;
+    let version = crate::event::Version::new(now_ms, &format!("force-{}", config.node_id));
+    let report = store.install_at(
+        domains,
+        &chain,
+        &plain_key,
+        not_after,
+        Some(&version),
+        true,
+    )?;
+    writeln!(
+        out,
+        "{}",
+        json!({"installed": report.changed, "notAfter": not_after, "version": version,
+               "stateDir": config.state_dir})
+    )?;
+    Ok(())
+}

@@ -115,7 +115,8 @@ pub async fn publish(
     };
     let name = event.display().to_string();
     let producer = Producer::new(&config)?;
-    // An array is a bundle: one record, one signature, handled in order.
+    // An array is a bundle: one record per entity, each signed once and
+    // handled in order.
     if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(&text) {
         let events = items
             .iter()
@@ -125,14 +126,16 @@ pub async fn publish(
                     .with_context(|| format!("{name}: element {i}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let delivered = producer.publish_bundle(&events).await?;
-        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        writeln!(
-            out,
-            "{}",
-            json!({"topic": config.topics.events, "partition": delivered.partition,
-                   "offset": delivered.offset, "ids": ids})
-        )?;
+        // One record per entity: a line for each.
+        for (delivered, members) in producer.publish_bundle(&events).await? {
+            let ids: Vec<&str> = members.iter().map(|&i| events[i].id.as_str()).collect();
+            writeln!(
+                out,
+                "{}",
+                json!({"topic": config.topics.events, "partition": delivered.partition,
+                       "offset": delivered.offset, "ids": ids})
+            )?;
+        }
         return Ok(());
     }
     let event = Event::from_submitted(&text, &config.node_id).with_context(|| name.clone())?;

@@ -10,6 +10,7 @@
 //!   },
 //!   "require": ["ip-block", "ip-unblock", "tls-certificate"],
 //!   "maxAge": { "push": "1h" },
+//!   "maxSkew": "5m",
 //!   "stalwart": "accept"
 //! },
 //! "certificates": {
@@ -40,6 +41,8 @@ pub(super) struct RawTrust {
     require: Option<Vec<String>>,
     #[serde(default)]
     max_age: BTreeMap<String, DurationValue>,
+    #[serde(default)]
+    max_skew: Option<DurationValue>,
     #[serde(default)]
     stalwart: Option<RawStalwartRecords>,
 }
@@ -163,6 +166,12 @@ pub(super) fn trust(raw: RawTrust, stalwart_enabled: bool) -> anyhow::Result<Pol
             bail!("field `trust.maxAge.{name}`: less than a second would refuse nearly everything");
         }
         policy.max_age.insert(k, d.0);
+    }
+    if let Some(skew) = raw.max_skew {
+        if skew.0 < Duration::from_secs(1) {
+            bail!("field `trust.maxSkew`: less than a second would refuse events from any clock but this node's");
+        }
+        policy.max_skew = skew.0;
     }
     // Stalwart's records cannot be signed: a deployer who turns on both
     // says what they want, rather than one being silently dropped.

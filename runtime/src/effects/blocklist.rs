@@ -9,6 +9,12 @@
 //! - `blocklist.txt`, one network per line for nftables/ipset, rewritten
 //!   when the list changed, at most once a second ([`Blocklist::export`]).
 //!
+//! Every entry keeps the version of the event that wrote it, and an unblock
+//! or an expiry leaves a tombstone with its version: a write older than what
+//! is held for its network is not applied ([`Applied::Stale`]), so replays
+//! and reordering cannot change what a node ends with (see
+//! [`crate::event::version`]).
+//!
 //! At start the snapshot is read and the journal replayed; when the journal
 //! grows past the list's size it is folded into a new snapshot. Snapshot and
 //! export are written to a temporary file and renamed into place, so a reader
@@ -17,7 +23,7 @@
 //! committed.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,6 +33,8 @@ use herald_guest::net::canonical;
 use ipnet::IpNet;
 
 use crate::durable;
+use crate::event::Version;
+use crate::event::version::{Order, order};
 
 pub mod policy;
 
@@ -40,6 +48,21 @@ pub struct Entry {
     pub reason: String,
     /// Unix milliseconds; none = until unblocked.
     pub expires_at: Option<u64>,
+    /// The version of the event that wrote it; none for a write no event
+    /// accounts for (and for entries from before versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+}
+
+/// What a block or unblock did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The list changed.
+    Changed,
+    /// It already said so (the same write again, or nothing to unblock).
+    Unchanged,
+    /// Older than what the list holds for that network: not applied.
+    Stale,
 }
 
 pub struct Blocklist {
@@ -60,6 +83,7 @@ pub struct Blocklist {
 struct Held {
     reason: Arc<str>,
     expires_at: Option<u64>,
+    version: Option<Version>,
 }
 
 #[derive(Default)]
@@ -67,6 +91,9 @@ struct State {
     /// Keyed by network, host bits clear: a key compares as numbers, and
     /// the list reads in address order (IPv4 first).
     entries: BTreeMap<IpNet, Held>,
+    /// The version of every network's last unblock or expiry, while no
+    /// entry is held for it: what an older block must lose against.
+    tombstones: HashMap<IpNet, Version>,
     /// Every expiry in `entries`, soonest on top, so that expiring looks
     /// only at what is due rather than through the whole list four times a
     /// second. An item whose entry has since gone or changed its expiry is
@@ -84,6 +111,8 @@ struct State {
     generation: u64,
     /// The reasons given last, newest last (see [`State::reason`]).
     reasons: VecDeque<Arc<str>>,
+    /// The most tombstones kept (see [`State::bury`]).
+    max_tombstones: usize,
 }
 
 /// Reasons kept for sharing: a few publishers (a mail server's auth-failure
@@ -95,7 +124,7 @@ const RECENT_REASONS: usize = 8;
 #[derive(Clone, Debug)]
 enum Change {
     Block(IpNet, Held),
-    Unblock(IpNet),
+    Unblock(IpNet, Option<Version>),
 }
 
 /// One journal line as read back.
@@ -103,15 +132,37 @@ enum Change {
 #[serde(tag = "op", rename_all = "kebab-case")]
 enum Line {
     Block(Entry),
-    Unblock { network: String },
+    Unblock {
+        network: String,
+        #[serde(default)]
+        version: Option<Version>,
+    },
+}
+
+/// `blocklist.json`: the entries and the tombstones. (Before versions it
+/// was the list of entries alone, which is still read.)
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Snapshot {
+    Versioned {
+        entries: Vec<Entry>,
+        tombstones: Vec<Tombstone>,
+    },
+    Entries(Vec<Entry>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Tombstone {
+    network: String,
+    version: Version,
 }
 
 impl Change {
     /// Append this change as one journal line, in the form [`Line`] reads.
     fn write(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let (op, net): (&[u8], _) = match self {
-            Change::Block(net, _) => (br#"{"op":"block","network":""#, net),
-            Change::Unblock(net) => (br#"{"op":"unblock","network":""#, net),
+        let (op, net, version): (&[u8], _, _) = match self {
+            Change::Block(net, held) => (br#"{"op":"block","network":""#, net, &held.version),
+            Change::Unblock(net, v) => (br#"{"op":"unblock","network":""#, net, v),
         };
         out.write_all(op)?;
         // Canonical network text never needs escaping; a reason may.
@@ -124,6 +175,10 @@ impl Change {
                 Some(at) => write!(out, r#","expiresAt":{at}"#)?,
                 None => out.write_all(br#","expiresAt":null"#)?,
             }
+        }
+        if let Some(v) = version {
+            out.write_all(br#","version":"#)?;
+            serde_json::to_writer(&mut *out, v)?;
         }
         out.write_all(b"}\n")
     }
@@ -138,11 +193,15 @@ impl State {
                 let held = Held {
                     reason: self.reason(&e.reason),
                     expires_at: e.expires_at,
+                    version: e.version,
                 };
+                self.tombstones.remove(&net);
                 self.hold(net, held);
             }
-            Line::Unblock { network } => {
-                self.entries.remove(&key(&network)?);
+            Line::Unblock { network, version } => {
+                let net = key(&network)?;
+                self.entries.remove(&net);
+                self.bury(net, version);
             }
         }
         Ok(())
@@ -162,6 +221,32 @@ impl State {
         }
         self.reasons.push_back(reason.clone());
         reason
+    }
+
+    /// The version held for `net`: its entry's, or its tombstone's.
+    fn version(&self, net: &IpNet) -> Option<&Version> {
+        match self.entries.get(net) {
+            Some(held) => held.version.as_ref(),
+            None => self.tombstones.get(net),
+        }
+    }
+
+    /// Remember that `net` was unblocked at `version`. Tombstones are
+    /// bounded by `max`: past it the oldest eighth goes (a replay of a block
+    /// older than those could then apply again; the cap is the policy's
+    /// `maxEntries`, far beyond what a cluster unblocks between restarts).
+    fn bury(&mut self, net: IpNet, version: Option<Version>) {
+        let Some(version) = version else {
+            self.tombstones.remove(&net);
+            return;
+        };
+        self.tombstones.insert(net, version);
+        if self.tombstones.len() > self.max_tombstones {
+            let mut versions: Vec<&Version> = self.tombstones.values().collect();
+            versions.sort_unstable();
+            let cut = versions[versions.len() / 8].clone();
+            self.tombstones.retain(|_, v| *v > cut);
+        }
     }
 
     /// Keep `held` for `net`, replacing what was held.
@@ -202,6 +287,7 @@ impl State {
             network: canonical(net),
             reason: held.reason.to_string(),
             expires_at: held.expires_at,
+            version: held.version.clone(),
         }
     }
 
@@ -248,15 +334,30 @@ impl Blocklist {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create state directory {}", dir.display()))?;
         let path = dir.join("blocklist.json");
-        let mut state = State::default();
+        let mut state = State {
+            max_tombstones: policy.max_entries,
+            ..State::default()
+        };
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let entries: Vec<Entry> = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("{}: not a blocklist", path.display()))?;
+                let (entries, tombstones) = match serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{}: not a blocklist", path.display()))?
+                {
+                    Snapshot::Versioned {
+                        entries,
+                        tombstones,
+                    } => (entries, tombstones),
+                    Snapshot::Entries(entries) => (entries, Vec::new()),
+                };
                 for (n, e) in entries.into_iter().enumerate() {
                     state
                         .replay(Line::Block(e))
                         .with_context(|| format!("{}: entry {}", path.display(), n + 1))?;
+                }
+                for (n, t) in tombstones.into_iter().enumerate() {
+                    let net = key(&t.network)
+                        .with_context(|| format!("{}: tombstone {}", path.display(), n + 1))?;
+                    state.bury(net, Some(t.version));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -306,26 +407,45 @@ impl Blocklist {
         })
     }
 
+    /// Block `network` (an unversioned write; see [`Blocklist::block_at`]).
     pub fn block(
         &self,
         network: &str,
         reason: &str,
         expires_at: Option<u64>,
-    ) -> Result<(), BlocklistError> {
+    ) -> Result<Applied, BlocklistError> {
+        self.block_at(network, reason, expires_at, None)
+    }
+
+    /// Block `network` as of `version`: applied only if that is newer than
+    /// what the list holds for the network.
+    pub fn block_at(
+        &self,
+        network: &str,
+        reason: &str,
+        expires_at: Option<u64>,
+        version: Option<&Version>,
+    ) -> Result<Applied, BlocklistError> {
         let net = key(network)?;
         self.policy.check(&net)?;
         let reason = crate::bounded::cut(reason, self.policy.max_reason);
         let mut guard = self.state.lock().unwrap();
         let s = &mut *guard;
+        match order(version, s.version(&net)) {
+            Order::Stale => return Ok(Applied::Stale),
+            Order::Same => return Ok(Applied::Unchanged),
+            Order::Newer => {}
+        }
         let held = Held {
             reason: s.reason(&reason),
             expires_at,
+            version: version.cloned(),
         };
         let full = s.entries.len() >= self.policy.max_entries;
         // One lookup: this runs for every block a handler asks for.
         match s.entries.entry(net) {
             std::collections::btree_map::Entry::Occupied(held_now) if *held_now.get() == held => {
-                return Ok(());
+                return Ok(Applied::Unchanged);
             }
             std::collections::btree_map::Entry::Occupied(mut held_now) => {
                 held_now.insert(held.clone());
@@ -339,20 +459,47 @@ impl Blocklist {
             }
             std::collections::btree_map::Entry::Vacant(free) => {
                 free.insert(held.clone());
+                s.tombstones.remove(&net);
             }
         }
         s.expire_at(net, &held);
         s.changed(Change::Block(net, held));
-        Ok(())
+        Ok(Applied::Changed)
     }
 
-    pub fn unblock(&self, network: &str) -> Result<(), BlocklistError> {
+    /// Unblock `network` (an unversioned write).
+    pub fn unblock(&self, network: &str) -> Result<Applied, BlocklistError> {
+        self.unblock_at(network, None)
+    }
+
+    /// Unblock `network` as of `version`, leaving a tombstone with it: an
+    /// older block of the network is stale from now on.
+    pub fn unblock_at(
+        &self,
+        network: &str,
+        version: Option<&Version>,
+    ) -> Result<Applied, BlocklistError> {
         let net = key(network)?;
-        let mut s = self.state.lock().unwrap();
-        if s.entries.remove(&net).is_some() {
-            s.changed(Change::Unblock(net));
+        let mut guard = self.state.lock().unwrap();
+        let s = &mut *guard;
+        match order(version, s.version(&net)) {
+            Order::Stale => return Ok(Applied::Stale),
+            Order::Same => return Ok(Applied::Unchanged),
+            Order::Newer => {}
         }
-        Ok(())
+        let had = s.entries.remove(&net).is_some();
+        let tombstone_moved = version.is_some();
+        s.bury(net, version.cloned());
+        if had || tombstone_moved {
+            // A new tombstone is journaled too, or a restart would forget it.
+            s.changed(Change::Unblock(net, version.cloned()));
+            return Ok(if had {
+                Applied::Changed
+            } else {
+                Applied::Unchanged
+            });
+        }
+        Ok(Applied::Unchanged)
     }
 
     /// Number of entries, expired or not (cheap; for progress checks).
@@ -430,8 +577,11 @@ impl Blocklist {
                 .get(&net)
                 .is_some_and(|h| h.expires_at == Some(at))
             {
-                s.entries.remove(&net);
-                s.changed(Change::Unblock(net));
+                // The block's version stays as a tombstone: the same block
+                // replayed after its expiry is not new.
+                let version = s.entries.remove(&net).and_then(|h| h.version);
+                s.bury(net, version.clone());
+                s.changed(Change::Unblock(net, version));
                 expired += 1;
             }
         }
@@ -480,9 +630,9 @@ impl Blocklist {
             changes.clear();
             changes.shrink_to(2 * n);
         }
-        let held: Vec<(IpNet, Held)> = {
+        let (held, tombstones): (Vec<(IpNet, Held)>, Vec<(IpNet, Version)>) = {
             let s = self.state.lock().unwrap();
-            if s.journaled <= s.entries.len().max(1024) {
+            if s.journaled <= (s.entries.len() + s.tombstones.len()).max(1024) {
                 return Ok(());
             }
             // Copied under the lock (a reason is shared, not copied), written
@@ -491,18 +641,35 @@ impl Blocklist {
             // meanwhile (this one holds `flushing`), so the journal gains
             // nothing before it is emptied below; changes made meanwhile wait
             // in `pending` for the next flush.
-            s.entries
-                .iter()
-                .map(|(net, held)| (*net, held.clone()))
-                .collect()
+            (
+                s.entries
+                    .iter()
+                    .map(|(net, held)| (*net, held.clone()))
+                    .collect(),
+                s.tombstones
+                    .iter()
+                    .map(|(net, v)| (*net, v.clone()))
+                    .collect(),
+            )
         };
-        let entries: Vec<Entry> = held
-            .iter()
-            .map(|(net, held)| State::entry(net, held))
+        let mut tombstones: Vec<Tombstone> = tombstones
+            .into_iter()
+            .map(|(net, version)| Tombstone {
+                network: canonical(&net),
+                version,
+            })
             .collect();
+        tombstones.sort_by(|a, b| a.network.cmp(&b.network));
+        let snapshot = Snapshot::Versioned {
+            entries: held
+                .iter()
+                .map(|(net, held)| State::entry(net, held))
+                .collect(),
+            tombstones,
+        };
         durable::replace(
             &self.dir.join("blocklist.json"),
-            &serde_json::to_vec(&entries)?,
+            &serde_json::to_vec(&snapshot)?,
         )?;
         // The snapshot has everything the journal had.
         durable::replace(&self.dir.join("blocklist.journal"), b"")?;
@@ -780,6 +947,104 @@ mod tests {
         assert_eq!(b.expire(1_000_000 + 9_998), 0);
         assert_eq!(b.expire(1_000_000 + 9_999), 1);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn the_newest_version_wins_whatever_the_order_and_survives_a_reopen() {
+        let v = |ts, id: &str| Some(Version::new(ts, id));
+        let dir = tempfile::tempdir().unwrap();
+        let b = Blocklist::open(dir.path()).unwrap();
+        // An unblock at 2 arrives before the block at 1 it supersedes.
+        assert_eq!(
+            b.unblock_at("203.0.113.7", v(2, "u").as_ref()).unwrap(),
+            Applied::Unchanged
+        );
+        assert_eq!(
+            b.block_at("203.0.113.7", "old", None, v(1, "b").as_ref())
+                .unwrap(),
+            Applied::Stale
+        );
+        assert!(b.is_empty());
+        // A newer block applies; the unblock replayed is stale, the block
+        // replayed is the same write; an unversioned unblock cannot undo it.
+        b.block_at("203.0.113.7", "new", None, v(3, "b2").as_ref())
+            .unwrap();
+        assert_eq!(
+            b.unblock_at("203.0.113.7", v(2, "u").as_ref()).unwrap(),
+            Applied::Stale
+        );
+        assert_eq!(
+            b.block_at("203.0.113.7", "new", None, v(3, "b2").as_ref())
+                .unwrap(),
+            Applied::Unchanged
+        );
+        assert_eq!(b.unblock("203.0.113.7").unwrap(), Applied::Stale);
+        assert_eq!(b.len(), 1);
+        // An expiry keeps the block's version: replayed, it is not new.
+        b.block_at("198.51.100.1", "brief", Some(1_000), v(5, "e").as_ref())
+            .unwrap();
+        assert_eq!(b.expire(1_000), 1);
+        assert_eq!(
+            b.block_at("198.51.100.1", "brief", Some(1_000), v(5, "e").as_ref())
+                .unwrap(),
+            Applied::Unchanged
+        );
+        assert_eq!(
+            b.block_at("198.51.100.1", "older", None, v(4, "x").as_ref())
+                .unwrap(),
+            Applied::Stale
+        );
+        // The tombstones outlive a restart, through the journal and through
+        // a snapshot.
+        b.flush().unwrap();
+        for _ in 0..2 {
+            let again = Blocklist::open(dir.path()).unwrap();
+            assert_eq!(again.list(0), b.list(0));
+            assert_eq!(
+                again
+                    .block_at("203.0.113.9", "x", None, None)
+                    .unwrap(),
+                Applied::Changed
+            );
+            assert_eq!(
+                again
+                    .block_at("198.51.100.1", "older", None, v(4, "x").as_ref())
+                    .unwrap(),
+                Applied::Stale
+            );
+            assert_eq!(
+                again
+                    .block_at("203.0.113.7", "older", None, v(2, "z").as_ref())
+                    .unwrap(),
+                Applied::Stale
+            );
+            again.unblock("203.0.113.9").unwrap();
+            // Force the journal into a snapshot for the second round.
+            again.state.lock().unwrap().journaled = usize::MAX / 2;
+            again.flush().unwrap();
+        }
+        let snapshot: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("blocklist.json")).unwrap())
+                .unwrap();
+        assert_eq!(snapshot["tombstones"][0]["network"], "198.51.100.1");
+    }
+
+    #[test]
+    fn a_snapshot_from_before_versions_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("blocklist.json"),
+            r#"[{"network":"203.0.113.7","reason":"old","expiresAt":null}]"#,
+        )
+        .unwrap();
+        let b = Blocklist::open(dir.path()).unwrap();
+        assert_eq!(b.list(0)[0].version, None);
+        // Any versioned write supersedes an unversioned entry.
+        assert_eq!(
+            b.unblock_at("203.0.113.7", Some(&Version::new(1, "u")))
+                .unwrap(),
+            Applied::Changed
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::event::{Body, DataTypes, PushKeys, Urgency};
+use crate::event::{Body, DataTypes, PushKeys, Urgency, Version};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "effect", rename_all = "kebab-case")]
@@ -52,14 +52,22 @@ pub enum Effect {
         network: String,
         reason: String,
         expires_at: Option<u64>,
+        /// The version of the event of the call that names this network
+        /// (see [`crate::event::version`]); none if no event does.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        version: Option<Version>,
     },
     Unblock {
         network: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        version: Option<Version>,
     },
     #[serde(rename_all = "camelCase")]
     InstallCertificate {
         domains: Vec<String>,
         not_after: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        version: Option<Version>,
         // Never printed or logged: the private key stays out of reports.
         #[serde(skip)]
         chain_pem: String,

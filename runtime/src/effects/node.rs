@@ -122,6 +122,23 @@ fn blocklist_policy(config: &Config) -> Policy {
     policy
 }
 
+/// Count and log a write that lost to a newer version: not an error (the
+/// event is handled, and not dead-lettered), but worth knowing about, since
+/// it is a replay, a reordering or a publisher's clock behind the others.
+fn stale(
+    applied: super::blocklist::Applied,
+    handler: &str,
+    kind: &'static str,
+    entity: &str,
+    version: Option<&crate::event::Version>,
+) {
+    if applied == super::blocklist::Applied::Stale {
+        metrics::counter!("herald_stale_total", "kind" => kind).increment(1);
+        let version = version.map(ToString::to_string).unwrap_or_default();
+        tracing::info!(handler, kind, entity, %version, "stale write: a newer version is held; not applied");
+    }
+}
+
 /// The most domains one certificate may be installed for.
 pub const MAX_CERT_DOMAINS: usize = 100;
 
@@ -145,9 +162,9 @@ impl NodeEffects {
 
     /// Check a certificate as the handler should have, and more: the chain
     /// and key parse and match, the leaf is valid now and covers every
-    /// domain, there are not too many domains, and no domain goes back to
-    /// a certificate that ends earlier than the one it has (no rollback).
-    /// Answers the leaf's own notAfter (Unix ms), whatever was claimed.
+    /// domain, there are not too many domains. Answers the leaf's own
+    /// notAfter (Unix ms), whatever was claimed. (Which certificate wins
+    /// for a domain, by version or by notAfter, is the store's rule.)
     fn check_certificate(
         &self,
         domains: &[String],
@@ -161,22 +178,8 @@ impl NodeEffects {
             )));
         }
         let now = (crate::event::now_ms() / 1000) as i64;
-        let not_after = herald_guest::x509::check(domains, chain_pem, key_pem, now)
-            .map_err(|e| EffectError::Invalid(crate::bounded::reason(e)))?;
-        for domain in domains {
-            let name = domain.trim_end_matches('.');
-            if let Some(current) = self.certificates.get(name)
-                && current.domain.eq_ignore_ascii_case(name)
-                && current.not_after > not_after
-            {
-                return Err(EffectError::Invalid(format!(
-                    "refusing to roll `{name}` back to a certificate that ends at {} ms; \
-                     the installed one ends at {} ms",
-                    not_after, current.not_after
-                )));
-            }
-        }
-        Ok(not_after)
+        herald_guest::x509::check(domains, chain_pem, key_pem, now)
+            .map_err(|e| EffectError::Invalid(crate::bounded::reason(e)))
     }
 }
 
@@ -198,13 +201,18 @@ impl Effects for NodeEffects {
                 network,
                 reason,
                 expires_at,
+                version,
             } => {
                 tracing::debug!(handler, %network, "block");
-                self.blocklist.block(&network, &reason, expires_at)?;
+                let applied =
+                    self.blocklist
+                        .block_at(&network, &reason, expires_at, version.as_ref())?;
+                stale(applied, handler, "ip-block", &network, version.as_ref());
             }
-            Effect::Unblock { network } => {
+            Effect::Unblock { network, version } => {
                 tracing::debug!(handler, %network, "unblock");
-                self.blocklist.unblock(&network)?;
+                let applied = self.blocklist.unblock_at(&network, version.as_ref())?;
+                stale(applied, handler, "ip-block", &network, version.as_ref());
             }
             other => {
                 return Err(EffectError::Invalid(format!(
@@ -270,14 +278,34 @@ impl Effects for NodeEffects {
                 Effect::InstallCertificate {
                     domains,
                     not_after: _claimed,
+                    version,
                     chain_pem,
                     private_key_pem,
                 } => {
                     let private_key_pem = self.unseal(private_key_pem)?;
                     let not_after =
                         self.check_certificate(&domains, &chain_pem, &private_key_pem)?;
-                    self.certificates
-                        .install(&domains, &chain_pem, &private_key_pem, not_after)?;
+                    let report = self.certificates.install_at(
+                        &domains,
+                        &chain_pem,
+                        &private_key_pem,
+                        not_after,
+                        version.as_ref(),
+                        false,
+                    )?;
+                    for name in &report.stale {
+                        metrics::counter!("herald_stale_total", "kind" => "tls-certificate")
+                            .increment(1);
+                        let v = version.as_ref().map(ToString::to_string).unwrap_or_default();
+                        tracing::info!(handler, domain = %name, version = %v,
+                            "stale certificate: a newer version is installed; not applied");
+                    }
+                    // Hooks and notices only for what changed: a replay of
+                    // the installed certificate reloads nothing.
+                    if report.changed.is_empty() {
+                        return Ok(None);
+                    }
+                    let domains = report.changed;
                     tracing::info!(handler, ?domains, not_after, "certificate installed");
                     // In the background: a slow or failing reload never
                     // holds the partition nor undoes the install.

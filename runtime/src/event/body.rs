@@ -489,8 +489,13 @@ impl Body {
             Body::CalendarAlert(b) => Some(format!("account:{}", b.account_id)),
             Body::PushServerUpdate(b) => Some(format!("account:{}", b.account_id)),
             Body::PushSubscriptionGone(b) => Some(format!("account:{}", b.account_id)),
-            Body::IpBlock(b) => Some(format!("ip:{}", b.ip)),
-            Body::TlsCertificate(b) => b.domains.first().map(|d| format!("domain:{d}")),
+            // One key per entity whatever its spelling (see `version`): an
+            // address that does not parse keeps its text, and changes nothing.
+            Body::IpBlock(b) => Some(match super::version::network(&b.ip) {
+                Some(net) => super::Entity::Network(net).key(),
+                None => format!("ip:{}", b.ip),
+            }),
+            Body::TlsCertificate(_) => self.entities().first().map(super::Entity::key),
             Body::RegistryChange(b) => Some(format!("registry:{}", b.object_type)),
             _ => None,
         }

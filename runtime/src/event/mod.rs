@@ -8,9 +8,11 @@
 
 mod body;
 mod envelope;
+pub mod version;
 
 pub use body::*;
 pub use envelope::DecodeError;
+pub use version::{Entity, Version};
 
 /// An id derived from `parts` (a cause's id, a handler, a count): the same
 /// parts give the same id, so an effect repeated by a retry is recognised.
@@ -57,6 +59,13 @@ pub struct Event {
     pub hops: u32,
     pub position: Position,
     pub body: Body,
+}
+
+impl Event {
+    /// This event's version, for the entities it writes ([`version`]).
+    pub fn version(&self) -> Version {
+        Version::new(self.ts, &self.id)
+    }
 }
 
 pub fn now_ms() -> u64 {

@@ -106,13 +106,18 @@ impl Producer {
         self.publish_signed(key, &event.to_json().to_string()).await
     }
 
-    /// Publish `events` as one bundle record (one signature for all, handled
-    /// in order), keyed by the first event's entity. At most
-    /// [`crate::event::MAX_BUNDLE`] events.
-    pub async fn publish_bundle(&self, events: &[Event]) -> anyhow::Result<Delivered> {
-        let Some(first) = events.first() else {
+    /// Publish `events` as bundle records (one signature for each, handled
+    /// in order): one record per entity, keyed by it, in the order each
+    /// entity first appears, so that every event lands on its entity's
+    /// partition. At most [`crate::event::MAX_BUNDLE`] events. Answers
+    /// where each record landed, with the indexes of its events.
+    pub async fn publish_bundle(
+        &self,
+        events: &[Event],
+    ) -> anyhow::Result<Vec<(Delivered, Vec<usize>)>> {
+        if events.is_empty() {
             anyhow::bail!("an empty bundle");
-        };
+        }
         if events.len() > crate::event::MAX_BUNDLE {
             anyhow::bail!(
                 "a bundle of {} events; at most {} fit in one record",
@@ -120,11 +125,26 @@ impl Producer {
                 crate::event::MAX_BUNDLE
             );
         }
-        let key = first
-            .body
-            .entity_key()
-            .unwrap_or_else(|| first.body.kind().to_string());
-        self.publish_signed(&key, &Event::bundle_json(events)).await
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            let key = e
+                .body
+                .entity_key()
+                .unwrap_or_else(|| e.body.kind().to_string());
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
+        let mut sent = Vec::with_capacity(groups.len());
+        for (key, members) in groups {
+            let group: Vec<Event> = members.iter().map(|&i| events[i].clone()).collect();
+            let delivered = self
+                .publish_signed(&key, &Event::bundle_json(&group))
+                .await?;
+            sent.push((delivered, members));
+        }
+        Ok(sent)
     }
 
     /// Send `payload` keyed by `key` to the events topic, signed.

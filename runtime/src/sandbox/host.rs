@@ -3,7 +3,7 @@
 //! [`Effect`] for the node's [`Effects`]; what a handler may import at all was
 //! settled at load time from its manifest (see `sandbox::Loaded`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
@@ -15,6 +15,8 @@ use super::bindings::herald::coordination::{
 use super::bindings::{body_from_wit, data_types_from_wit, urgency_from_wit, wit};
 use super::stdio::GuestOutput;
 use crate::effects::{Effect, EffectError, Effects};
+use crate::event::version::{self, Entity, Version};
+use herald_guest::net::IpNet;
 
 pub struct HostState {
     pub(super) handler: Arc<str>,
@@ -27,10 +29,51 @@ pub struct HostState {
     pub(super) manifest: Arc<crate::manifest::Manifest>,
     /// The events of the call in progress (id, hops), for `publish`.
     pub(super) causes: Vec<(String, u32)>,
+    /// The versions of the entities the call's events write, for the
+    /// blocklist and certificate effects.
+    pub(super) versions: Versions,
     pub(super) stdout: GuestOutput,
     pub(super) stderr: GuestOutput,
     /// When the call in progress must end (see `sandbox::set_deadline`).
     pub(super) deadline_at: std::time::Instant,
+}
+
+/// Which event of a call accounts for a write to an entity: a block of a
+/// network, a certificate for a domain takes the version of the event about
+/// that entity. [`super::Session::call`] never puts two events about one
+/// entity in one call, so there is at most one.
+#[derive(Default)]
+pub(crate) struct Versions {
+    networks: HashMap<IpNet, Version>,
+    domains: HashMap<String, Version>,
+}
+
+impl Versions {
+    pub(super) fn clear(&mut self) {
+        self.networks.clear();
+        self.domains.clear();
+    }
+
+    pub(super) fn insert(&mut self, entity: Entity, version: Version) {
+        match entity {
+            Entity::Network(n) => self.networks.insert(n, version),
+            Entity::Domain(d) => self.domains.insert(d, version),
+        };
+    }
+
+    fn network(&self, text: &str) -> Option<Version> {
+        if self.networks.is_empty() {
+            return None;
+        }
+        self.networks.get(&version::network(text)?).cloned()
+    }
+
+    fn domains(&self, names: &[String]) -> Option<Version> {
+        names
+            .iter()
+            .find_map(|d| self.domains.get(&version::domain(d)))
+            .cloned()
+    }
 }
 
 /// Log lines a call may write; past it, one "log truncated" line.
@@ -212,16 +255,19 @@ impl blocklist::Host for HostState {
         expires_at: Option<u64>,
     ) -> Result<(), wit::EffectError> {
         self.charge(network.len() + reason.len()).map_err(to_wit)?;
+        let version = self.versions.network(&network);
         self.apply_now(Effect::Block {
             network,
             reason,
             expires_at,
+            version,
         })
     }
 
     fn unblock(&mut self, network: String) -> Result<(), wit::EffectError> {
         self.charge(network.len()).map_err(to_wit)?;
-        self.apply_now(Effect::Unblock { network })
+        let version = self.versions.network(&network);
+        self.apply_now(Effect::Unblock { network, version })
     }
 }
 
@@ -232,6 +278,7 @@ impl certificates::Host for HostState {
             + c.private_key_pem.len();
         self.charge(size).map_err(to_wit)?;
         let effect = Effect::InstallCertificate {
+            version: self.versions.domains(&c.domains),
             domains: c.domains,
             not_after: c.not_after,
             chain_pem: c.chain_pem,

@@ -424,6 +424,7 @@ impl Sandbox {
             budget: host::CallBudget::default(),
             manifest: handler.manifest.clone(),
             causes: Vec::new(),
+            versions: Default::default(),
             stdout,
             stderr,
             deadline_at: std::time::Instant::now(),
@@ -497,18 +498,33 @@ impl Session {
         // Dispatch works per partition, so a call's events share one source
         // and `handle` is called once. Should a caller mix sources, each run
         // of one source is a call of its own, in order, within the same
-        // deadline.
+        // deadline. So is each run in which no entity repeats, for a handler
+        // that writes state: a block or an install then takes the version of
+        // the one event of its run about that entity.
+        let versioned = state.manifest.capabilities.iter().any(|c| {
+            matches!(
+                c,
+                crate::manifest::Capability::Blocklist | crate::manifest::Capability::Certificates
+            )
+        });
+        let runs = runs(events, versioned);
         let (instance, store) = (&self.instance, &mut self.store);
         let call = async move {
             let mut outcomes = Vec::with_capacity(events.len());
             let mut start = 0;
-            let runs = events.chunk_by(|a, b| {
-                let (a, b) = (&a.borrow().position, &b.borrow().position);
-                a.partition == b.partition && a.topic == b.topic
-            });
-            for run in runs {
+            for run in runs.iter().map(|&(from, to)| &events[from..to]) {
                 let source = bindings::source_to_wit(&run[0].borrow().position);
                 let end = start + run.len();
+                if versioned {
+                    let versions = &mut store.data_mut().versions;
+                    versions.clear();
+                    for e in run {
+                        let e = e.borrow();
+                        for entity in e.body.entities() {
+                            versions.insert(entity, e.version());
+                        }
+                    }
+                }
                 let answered = instance
                     .call_handle(&mut *store, source, &batch[start..end])
                     .await?;
@@ -542,6 +558,35 @@ impl Session {
         flush_output(&mut self.store);
         result
     }
+}
+
+/// The runs of `events` that are one `handle` call each, as index ranges:
+/// one source each and, when `by_entity`, no entity twice in one run.
+fn runs<E: Borrow<Event>>(events: &[E], by_entity: bool) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut seen = std::collections::HashSet::new();
+    for (i, e) in events.iter().enumerate() {
+        let e = e.borrow();
+        let mut split = i > start && {
+            let first = &events[start].borrow().position;
+            first.partition != e.position.partition || first.topic != e.position.topic
+        };
+        let entities = if by_entity { e.body.entities() } else { Vec::new() };
+        if !split && entities.iter().any(|x| seen.contains(x)) {
+            split = true;
+        }
+        if split {
+            runs.push((start, i));
+            start = i;
+            seen.clear();
+        }
+        seen.extend(entities);
+    }
+    if start < events.len() {
+        runs.push((start, events.len()));
+    }
+    runs
 }
 
 /// A call that did not return within its deadline and grace: it was waiting

@@ -84,8 +84,16 @@ pub struct Policy {
     pub require: BTreeSet<&'static str>,
     /// Kind → the oldest an event of it may be when it arrives.
     pub max_age: BTreeMap<&'static str, Duration>,
+    /// How far ahead of this node's clock an event's `ts` may be
+    /// (`trust.maxSkew`, default [`DEFAULT_MAX_SKEW`]).
+    pub max_skew: Duration,
     pub stalwart: StalwartRecords,
 }
+
+/// The default `trust.maxSkew`: NTP keeps a cluster's clocks within
+/// milliseconds; five minutes allows for a node that lost its time source
+/// for a while, and is what a far-future replay could gain at most.
+pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(300);
 
 impl Policy {
     /// A policy trusting `keys` (each under its own [`keys::key_id`]) with
@@ -100,6 +108,7 @@ impl Policy {
                 .collect(),
             require: crate::event::KINDS.iter().copied().collect(),
             max_age: BTreeMap::new(),
+            max_skew: DEFAULT_MAX_SKEW,
             stalwart: StalwartRecords::Refuse,
         }
     }
@@ -127,6 +136,11 @@ pub enum Untrusted {
         age: Duration,
         max: Duration,
     },
+    FromTheFuture {
+        kind: &'static str,
+        ahead: Duration,
+        max: Duration,
+    },
     PlaintextKey,
     StalwartRefused,
 }
@@ -141,6 +155,7 @@ impl Untrusted {
             Untrusted::BadSignature { .. } => "bad-signature",
             Untrusted::KindNotAllowed { .. } => "kind-not-allowed",
             Untrusted::TooOld { .. } => "too-old",
+            Untrusted::FromTheFuture { .. } => "from-the-future",
             Untrusted::PlaintextKey => "plaintext-key",
             Untrusted::StalwartRefused => "stalwart-refused",
         }
@@ -173,6 +188,14 @@ impl fmt::Display for Untrusted {
                 f,
                 "the `{kind}` event is {}s old, older than trust.maxAge.{kind} ({}s)",
                 age.as_secs(),
+                max.as_secs()
+            ),
+            Untrusted::FromTheFuture { kind, ahead, max } => write!(
+                f,
+                "the `{kind}` event's ts is {}s ahead of this node's clock, more than \
+                 trust.maxSkew ({}s): the publisher's clock (or this node's) is wrong, \
+                 or the event was dated ahead to outlive maxAge and win every later write",
+                ahead.as_secs(),
                 max.as_secs()
             ),
             Untrusted::PlaintextKey => f.write_str(
@@ -245,6 +268,17 @@ impl Policy {
             Some(_) => {}
             None if self.require.contains(kind) => return Err(Untrusted::Unsigned { kind }),
             None => {}
+        }
+        // A version is the publisher's `ts`: one far ahead would win every
+        // later write to its entity until that time, and would never be
+        // too old for `maxAge`. Refused, so that both bounds hold.
+        let ahead = Duration::from_millis(event.ts.saturating_sub(now_ms));
+        if ahead > self.max_skew {
+            return Err(Untrusted::FromTheFuture {
+                kind,
+                ahead,
+                max: self.max_skew,
+            });
         }
         if let Some(max) = self.max_age.get(kind) {
             let age = Duration::from_millis(now_ms.saturating_sub(event.ts));

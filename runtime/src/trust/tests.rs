@@ -128,6 +128,37 @@ fn max_age_bounds_replays() {
 }
 
 #[test]
+fn an_event_dated_ahead_of_the_clock_is_refused_and_cannot_outlive_max_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = node_key(dir.path(), "a");
+    let mut p = policy(&[(&k, None)]);
+    p.max_age.insert("ip-block", Duration::from_secs(3600));
+    let sig = signed(&k, b"k", BLOCK);
+    let event = Event::from_json(BLOCK, Position::default()).unwrap();
+    let signer = p.verify(Some(b"k"), BLOCK, Some(&sig)).unwrap();
+    // ts is 1 000 ms: within the default five minutes of a clock at 0 ...
+    assert_eq!(p.admit(&event, signer.as_ref(), 0), Ok(()));
+    // ... but ten years ahead of a clock at 1 000 - 10 years is refused,
+    // where a saturating age of 0 would have let it through maxAge.
+    let ten_years = 10 * 365 * 86_400_000u64;
+    let mut ahead = event.clone();
+    ahead.ts = ten_years;
+    let e = p.admit(&ahead, signer.as_ref(), 1_000).unwrap_err();
+    assert_eq!(e.reason(), "from-the-future");
+    assert!(e.to_string().contains("trust.maxSkew"), "{e}");
+    let mut strict = policy(&[(&k, None)]);
+    strict.max_skew = Duration::from_secs(1);
+    let signer = strict.verify(Some(b"k"), BLOCK, Some(&sig)).unwrap();
+    ahead.ts = 2_001;
+    assert_eq!(
+        strict.admit(&ahead, signer.as_ref(), 1_000).unwrap_err().reason(),
+        "from-the-future"
+    );
+    ahead.ts = 2_000;
+    assert_eq!(strict.admit(&ahead, signer.as_ref(), 1_000), Ok(()));
+}
+
+#[test]
 fn keys_are_sealed_to_the_cluster_and_plaintext_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (text, recipient) = new_sealing_identity();

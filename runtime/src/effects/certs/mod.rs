@@ -54,7 +54,20 @@
 //!
 //! A certificate for several names is installed under each of them, with the
 //! same files; each name switches atomically on its own. Installing the same
-//! certificate, key, names and `notAfter` again changes nothing.
+//! certificate, key, names, `notAfter` and version again changes nothing.
+//!
+//! # Which certificate wins
+//!
+//! Each version directory records the version of the event that installed it
+//! (`meta.json`, see [`crate::event::version`]). A certificate whose version
+//! is older than the installed one's is not installed for that name, whatever
+//! its `notAfter`: a newer signed certificate replaces the installed one even
+//! when it ends earlier (a rotation after a key compromise, a shorter-lived
+//! CA), and a replay of an older one changes nothing. Only where no version
+//! decides (an install without one, or an entry from before versions) does
+//! the no-rollback rule hold: no name goes back to a certificate that ends
+//! earlier than the one it has. `herald cert force` is the operator's way
+//! past both.
 
 use std::fmt;
 use std::fs;
@@ -68,7 +81,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::durable;
+use crate::event::Version as EventVersion;
 use crate::event::now_ms;
+use crate::event::version::{Order, order};
 
 pub mod hooks;
 mod names;
@@ -116,6 +131,9 @@ pub struct Installed {
     pub not_after: u64,
     /// When this version was installed, in Unix milliseconds.
     pub installed_at: u64,
+    /// The version of the event that installed it, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<EventVersion>,
     /// The certificate chain, PEM, leaf first.
     pub chain_pem: String,
     /// The private key, PEM. Never log it.
@@ -149,6 +167,8 @@ struct Meta {
     domains: Vec<String>,
     not_after: u64,
     installed_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<EventVersion>,
 }
 
 /// The contents of one version directory.
@@ -156,6 +176,15 @@ struct Version {
     meta: Meta,
     chain: String,
     key: String,
+}
+
+/// What an install did, name by name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Installs {
+    /// Names switched to the new certificate.
+    pub changed: Vec<String>,
+    /// Names whose installed certificate has a newer version: left alone.
+    pub stale: Vec<String>,
 }
 
 /// Why a certificate was not installed.
@@ -168,6 +197,16 @@ pub enum CertError {
     NoDomain,
     #[error("certificate for {domains}: the {what} is empty")]
     Empty { domains: String, what: &'static str },
+    /// No version decides, and the certificate ends before the installed one.
+    #[error(
+        "refusing to roll `{domain}` back to a certificate that ends at {not_after} ms; \
+         the installed one ends at {installed} ms"
+    )]
+    Rollback {
+        domain: String,
+        not_after: u64,
+        installed: u64,
+    },
     /// The disk failed: installing again may work.
     #[error("certificate for {domain}: {source:#}")]
     Storage {
@@ -213,7 +252,24 @@ impl CertStore {
         chain_pem: &str,
         private_key_pem: &str,
         not_after: u64,
-    ) -> Result<(), CertError> {
+    ) -> Result<Installs, CertError> {
+        self.install_at(domains, chain_pem, private_key_pem, not_after, None, false)
+    }
+
+    /// Install as of `version` (see "Which certificate wins" above): for
+    /// each name, only if it is newer than the installed certificate's, or,
+    /// where no version decides, if it does not end earlier. `force` skips
+    /// both rules (`herald cert force`). Answers which names changed and
+    /// which were stale.
+    pub fn install_at(
+        &self,
+        domains: &[String],
+        chain_pem: &str,
+        private_key_pem: &str,
+        not_after: u64,
+        version: Option<&EventVersion>,
+        force: bool,
+    ) -> Result<Installs, CertError> {
         let mut names: Vec<String> = Vec::with_capacity(domains.len());
         for d in domains {
             let name = normalise(d).map_err(CertError::InvalidName)?;
@@ -236,19 +292,51 @@ impl CertStore {
         };
         let _in_process = self.install.lock().unwrap_or_else(|e| e.into_inner());
         let _across_processes = self.lock().map_err(storage(&all))?;
-        let installed_at = now_ms();
+        // Decided for every name before anything is written: a rollback of
+        // one name refuses the whole install.
+        let mut report = Installs::default();
+        let mut wanted = Vec::with_capacity(names.len());
         for name in &names {
-            self.install_one(
-                name,
-                &names,
-                chain_pem,
-                private_key_pem,
-                not_after,
-                installed_at,
-            )
-            .map_err(storage(name))?;
+            let held = self.read_entry(name);
+            let decided = held.as_ref().and_then(|h| {
+                let held_version = h.version.as_ref()?;
+                Some(order(version, Some(held_version)))
+            });
+            match (force, decided, held) {
+                (true, _, _) => {}
+                (false, Some(Order::Stale), _) => {
+                    report.stale.push(name.clone());
+                    continue;
+                }
+                (false, Some(_), _) => {}
+                (false, None, Some(h)) if h.not_after > not_after => {
+                    return Err(CertError::Rollback {
+                        domain: name.clone(),
+                        not_after,
+                        installed: h.not_after,
+                    });
+                }
+                (false, None, _) => {}
+            }
+            wanted.push(name);
         }
-        Ok(())
+        let installed_at = now_ms();
+        for name in wanted {
+            let changed = self
+                .install_one(
+                    name,
+                    &names,
+                    chain_pem,
+                    private_key_pem,
+                    (not_after, version),
+                    installed_at,
+                )
+                .map_err(storage(name))?;
+            if changed {
+                report.changed.push(name.clone());
+            }
+        }
+        Ok(report)
     }
 
     /// The paths through which the mail server reads `domain`'s current
@@ -330,9 +418,9 @@ impl CertStore {
         domains: &[String],
         chain: &str,
         key: &str,
-        not_after: u64,
+        (not_after, event_version): (u64, Option<&EventVersion>),
         installed_at: u64,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let dir = dir_name(name);
         let link = self.dir.join(&dir);
         let previous = match fs::read_link(&link) {
@@ -351,9 +439,10 @@ impl CertStore {
                 && v.key == key
                 && v.meta.domains == domains
                 && v.meta.not_after == not_after
+                && v.meta.version.as_ref() == event_version
             {
                 tracing::debug!(domain = name, "certificate already installed");
-                return Ok(());
+                return Ok(false);
             }
         }
 
@@ -364,6 +453,7 @@ impl CertStore {
             domains: domains.to_vec(),
             not_after,
             installed_at,
+            version: event_version.cloned(),
         };
         let written = (|| -> anyhow::Result<()> {
             fs::set_permissions(&path, fs::Permissions::from_mode(0o700))?;
@@ -402,7 +492,7 @@ impl CertStore {
 
         let previous = previous.as_deref().and_then(Path::file_name);
         self.prune(&dir, &version, previous.and_then(|p| p.to_str()));
-        Ok(())
+        Ok(true)
     }
 
     /// Delete the versions of the domain stored as `dir` other than
@@ -466,6 +556,7 @@ impl CertStore {
                         domains: v.meta.domains,
                         not_after: v.meta.not_after,
                         installed_at: v.meta.installed_at,
+                        version: v.meta.version,
                         chain_pem: v.chain,
                         private_key_pem: v.key,
                         chain_path: link.join(CHAIN),

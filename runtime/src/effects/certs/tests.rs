@@ -120,6 +120,7 @@ fn installs_and_gets_exact_and_wildcard() {
                 domains: names(&["mail.example.com", "*.example.com"]),
                 not_after: 1_900_000_000_000,
                 installed_at: exact.installed_at,
+                version: None,
             }
         );
         let json: serde_json::Value =
@@ -412,4 +413,46 @@ fn readers_always_see_a_matching_pair() {
     }
     writer.join().unwrap();
     assert_eq!(store.get("mail.example.com").unwrap().not_after, 39);
+}
+
+#[test]
+fn the_newest_version_wins_even_when_it_ends_earlier() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CertStore::open(dir.path()).unwrap();
+    let v = |ts, id: &str| EventVersion::new(ts, id);
+    let d = names(&["mail.example.com"]);
+    // A long-lived certificate, then a newer one that ends earlier: a
+    // rotation. The older one replayed is stale, whatever its notAfter.
+    let long = store
+        .install_at(&d, &chain(1), &key(1), 4_000_000_000_000, Some(&v(1, "a")), false)
+        .unwrap();
+    assert_eq!(long.changed, d);
+    let rotated = store
+        .install_at(&d, &chain(2), &key(2), 1_900_000_000_000, Some(&v(2, "b")), false)
+        .unwrap();
+    assert_eq!(rotated.changed, d);
+    let replay = store
+        .install_at(&d, &chain(1), &key(1), 4_000_000_000_000, Some(&v(1, "a")), false)
+        .unwrap();
+    assert_eq!((replay.changed.len(), replay.stale), (0, d.clone()));
+    let now = store.get("mail.example.com").unwrap();
+    assert_eq!((now.chain_pem, now.version), (chain(2), Some(v(2, "b"))));
+    // The same install again changes nothing (no hooks would run).
+    let again = store
+        .install_at(&d, &chain(2), &key(2), 1_900_000_000_000, Some(&v(2, "b")), false)
+        .unwrap();
+    assert_eq!(again, Installs::default());
+    // Without a version, the no-rollback rule by notAfter decides ...
+    let unversioned = dir.path().join("plain");
+    let plain = CertStore::open(&unversioned).unwrap();
+    plain.install(&d, &chain(1), &key(1), 2_000).unwrap();
+    let err = plain.install(&d, &chain(2), &key(2), 1_000).unwrap_err();
+    assert!(matches!(err, CertError::Rollback { .. }), "{err}");
+    // ... and the operator's force goes past both rules (with a version of
+    // its own, so that a replay older than it stays stale).
+    let forced = store
+        .install_at(&d, &chain(3), &key(3), 1_000, Some(&v(1, "force")), true)
+        .unwrap();
+    assert_eq!(forced.changed, d);
+    assert_eq!(store.get("mail.example.com").unwrap().chain_pem, chain(3));
 }

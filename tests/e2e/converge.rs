@@ -1,0 +1,228 @@
+//! Cluster state that converges: three nodes read a randomised history of
+//! signed blocks and unblocks of the same networks, written in different
+//! spellings (so on different partitions), with replayed copies of older
+//! records, mixed bundles and expiries, while one node is killed (SIGKILL)
+//! and another restarted; at the end every node holds the same blocklist,
+//! entry for entry (reason, expiry, version), and it is the one a model
+//! computes from the versions alone.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use herald::trust::keys::{NodeKey, public_key_text, signature_text};
+use herald::trust::{KEY_ID_HEADER, SIGNATURE_HEADER};
+use herald_tests::api;
+use herald_tests::cluster::{Install, NodeProcess, TestCluster};
+use serde_json::{Value, json};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A small deterministic generator (xorshift), seeded from the clock and
+/// printed, so that a failing interleaving can be run again.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
+}
+
+/// The networks of the history, each with the spellings a publisher may use.
+fn networks() -> Vec<(&'static str, Vec<String>)> {
+    let mut nets = Vec::new();
+    for (canonical, spellings) in [
+        ("198.51.100.1", vec!["198.51.100.1", "198.51.100.1/32", "::ffff:198.51.100.1"]),
+        ("198.51.100.2", vec!["198.51.100.2", "::ffff:198.51.100.2/128"]),
+        ("203.0.113.9", vec!["203.0.113.9/32", "::FFFF:203.0.113.9"]),
+        ("198.51.101.0/24", vec!["198.51.101.0/24", "::ffff:198.51.101.0/120"]),
+        ("2001:db8:1::/48", vec!["2001:db8:1::/48", "2001:DB8:1::/48", "2001:db8:1:0::/48"]),
+        ("2001:db8::7", vec!["2001:db8::7", "2001:db8::7/128", "2001:DB8:0::7"]),
+    ] {
+        nets.push((canonical, spellings.into_iter().map(String::from).collect()));
+    }
+    nets
+}
+
+/// One signed record as a plain client writes it.
+#[derive(Clone)]
+struct Signed {
+    key: String,
+    payload: String,
+    signature: String,
+}
+
+fn sign(ops: &NodeKey, key: String, payload: String) -> Signed {
+    let signature = signature_text(&ops.sign(Some(key.as_bytes()), payload.as_bytes()));
+    Signed {
+        key,
+        payload,
+        signature,
+    }
+}
+
+/// What a node's `GET /v1/blocklist` holds, by network.
+async fn entries(node: &mut NodeProcess) -> BTreeMap<String, Value> {
+    let (status, v) = api::get(node, "/v1/blocklist").await;
+    assert_eq!(status, 200, "{v}");
+    v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["network"].as_str().unwrap().to_string(), e.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_ends_with_the_blocklist_the_versions_decide() {
+    let seed = now_ms() | 1;
+    eprintln!("converge: seed {seed}");
+    let mut rng = Rng(seed);
+    let mut c = TestCluster::new("converge", 4, &[Install::builtin("blocking")]).await;
+    let ops = NodeKey::load_or_create(&c.dir.path().join("ops.key")).unwrap().0;
+    c.settings = json!({"trust": {"keys": {
+        ops.id(): {"publicKey": public_key_text(&ops.public()), "kinds": ["*"]}}}});
+
+    // The history: 240 writes to six networks, each in a random spelling,
+    // with versions (ts, id) that a publisher's clock gave them: mostly
+    // rising, some equal (the id decides), some blocks already expired.
+    let nets = networks();
+    let start = now_ms() - 600_000;
+    let mut history = Vec::new();
+    let mut model: BTreeMap<&str, (u64, String, Value)> = BTreeMap::new();
+    for step in 0..240u64 {
+        let (canonical, spellings) = &nets[rng.below(nets.len())];
+        let ip = spellings[rng.below(spellings.len())].clone();
+        let ts = start + step * 1_000 + (rng.below(3) as u64) * 500;
+        let id = format!("c{:03}-{}", rng.below(1000), step);
+        let block = rng.below(5) < 3;
+        let expires = match rng.below(5) {
+            0 => Some(now_ms() - 1_000),
+            1 => Some(now_ms() + 3_600_000),
+            _ => None,
+        };
+        let event = json!({"v": 1, "id": id, "kind": "ip-block", "origin": "ops", "ts": ts,
+            "body": {"ip": ip, "action": if block { "block" } else { "unblock" },
+                     "reason": format!("step {step}"), "expiresAt": expires}});
+        let newer = model
+            .get(canonical)
+            .is_none_or(|(t, i, _)| (ts, &id) > (*t, i));
+        if newer {
+            model.insert(canonical, (ts, id.clone(), event.clone()));
+        }
+        history.push(event);
+    }
+    // What the versions alone decide: per network, the newest write, in
+    // force if it is a block that has not expired.
+    let now = now_ms();
+    let expected: BTreeMap<String, Value> = model
+        .iter()
+        .filter(|(_, (_, _, e))| {
+            e["body"]["action"] == "block" && e["body"]["expiresAt"].as_u64().is_none_or(|t| t > now)
+        })
+        .map(|(net, (_, _, e))| (net.to_string(), e.clone()))
+        .collect();
+
+    // The records, in a random interleaving: most one event each, keyed by
+    // the spelling the publisher used; some bundles of events of several
+    // networks; then replays of older records, copied byte for byte.
+    rng.shuffle(&mut history);
+    let mut records = Vec::new();
+    let mut rest = history.as_slice();
+    while !rest.is_empty() {
+        let n = if rng.below(6) == 0 { (2 + rng.below(4)).min(rest.len()) } else { 1 };
+        let (now, later) = rest.split_at(n);
+        rest = later;
+        let key = format!("ip:{}", now[0]["body"]["ip"].as_str().unwrap());
+        let payload = if n == 1 { now[0].to_string() } else { Value::from(now.to_vec()).to_string() };
+        records.push(sign(&ops, key, payload));
+    }
+    let originals = records.len();
+    for _ in 0..60 {
+        let at = 1 + rng.below(records.len() - 1);
+        let copy = records[rng.below(at)].clone();
+        records.insert(at, copy);
+    }
+
+    let mut a = c.start("a");
+    let mut b = c.start("b");
+    let mut n3 = c.start("c");
+    for (node, name) in [(&mut a, "a"), (&mut b, "b"), (&mut n3, "c")] {
+        node.wait_assigned(&c.broadcast_group(name));
+    }
+    let third = records.len() / 3;
+    for (i, r) in records.iter().enumerate() {
+        if i == third {
+            b.kill();
+        }
+        if i == 2 * third {
+            b = c.start("b");
+            assert!(n3.terminate().success());
+            n3 = c.start("c");
+        }
+        c.publish_record(
+            &r.key,
+            r.payload.as_bytes(),
+            &[
+                (KEY_ID_HEADER, ops.id().as_bytes()),
+                (SIGNATURE_HEADER, r.signature.as_bytes()),
+            ],
+        )
+        .await;
+    }
+    eprintln!(
+        "converge: {} records ({originals} originals), {} networks in force expected",
+        records.len(),
+        expected.len()
+    );
+
+    // Each node has caught up when its list is the model's, network for
+    // network and version for version; then all three must hold the very
+    // same entries.
+    let want: Vec<(String, Value)> = expected
+        .iter()
+        .map(|(net, e)| (net.clone(), e["id"].clone()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut lists = Vec::new();
+    for node in [&mut a, &mut b, &mut n3] {
+        loop {
+            let list = entries(node).await;
+            let has: Vec<(String, Value)> = list
+                .iter()
+                .map(|(net, e)| (net.clone(), e["version"]["id"].clone()))
+                .collect();
+            if has == want {
+                lists.push(list);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a node never reached the model: has {has:?}, expected {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for (net, entry) in &lists[0] {
+        let e = &expected[net];
+        assert_eq!(entry["reason"], e["body"]["reason"], "{net}: {entry}");
+        assert_eq!(entry["version"]["ts"], e["ts"], "{net}: {entry}");
+    }
+    assert_eq!(lists[0], lists[1], "nodes a and b differ");
+    assert_eq!(lists[0], lists[2], "nodes a and c differ");
+}
