@@ -75,7 +75,11 @@ impl Producer {
                 "message.timeout.ms",
                 cfg.timeout_message.as_millis().to_string(),
             )
-            .set("linger.ms", "2")
+            // No linger: a publish through the API or a handler waits for
+            // its acknowledgement, and a linger is added to every one of
+            // them. Under load librdkafka still batches what queues up
+            // while a produce request is in flight.
+            .set("linger.ms", "0")
             .create_with_context(super::Quiet)
             .context("cannot create the Kafka producer")?;
         Ok(Producer {
