@@ -2,7 +2,11 @@
 # The Kafka-protocol broker for the end-to-end tests: nisshi (the renamed
 # tansu), built once from crates.io and cached outside the checkout.
 #
-#   tests/broker.sh install        build nisshi if it is not cached yet
+#   tests/broker.sh install        build nisshi if it is not cached yet (or
+#                                  wait for the build already under way)
+#   tests/broker.sh background     start that build in the background, at
+#                                  the lowest CPU priority, and return
+#   tests/broker.sh background-now the same at the normal priority
 #   tests/broker.sh run CMD...     start a broker on a free loopback port,
 #                                  run CMD with HERALD_TEST_BROKER=127.0.0.1:PORT
 #                                  (and the broker's pid in HERALD_BROKER_PID),
@@ -14,13 +18,42 @@ CACHE="${HERALD_CACHE:-$HOME/.cache/herald}"
 ROOT="$CACHE/nisshi-$VERSION"
 BIN="$ROOT/bin/nisshi"
 
-install() {
-    if [ -x "$BIN" ]; then return; fi
-    echo "tests/broker.sh: building nisshi $VERSION (about 10 minutes, once) into $ROOT" >&2
+LOCK="$CACHE/nisshi-$VERSION.lock"
+
+build() {
     # Its own target directory: the workspace's must not be locked meanwhile.
     CARGO_TARGET_DIR="$CACHE/nisshi-build" cargo install "nisshi@$VERSION" --locked \
         --no-default-features --features dynostore --root "$ROOT" --quiet
     rm -rf "$CACHE/nisshi-build"
+}
+
+install() {
+    if [ -x "$BIN" ]; then return; fi
+    mkdir -p "$CACHE"
+    exec 9>"$LOCK"
+    if ! flock -n 9; then
+        echo "tests/broker.sh: waiting for the nisshi build under way (log: $CACHE/nisshi-build.log)" >&2
+        flock 9
+    fi
+    if [ -x "$BIN" ]; then return; fi
+    echo "tests/broker.sh: building nisshi $VERSION (about 12 minutes on 2 cores, once) into $ROOT" >&2
+    build
+}
+
+# Start the build in the background and return: `just demo` does so at the
+# lowest priority (it takes only CPU that nothing else wants, and goes on
+# after the demo is stopped), `just test` at the normal one, before it
+# builds anything else. The lock is taken here, before the build starts, so
+# an `install` that comes next always waits for it.
+background() {
+    local niceness=$1
+    if [ -x "$BIN" ]; then return; fi
+    mkdir -p "$CACHE"
+    exec 9>"$LOCK"
+    if ! flock -n 9; then return; fi
+    echo "tests/broker.sh: building the test broker in the background (log: $CACHE/nisshi-build.log)" >&2
+    setsid nice -n "$niceness" "$0" build-locked >"$CACHE/nisshi-build.log" 2>&1 </dev/null &
+    exec 9>&-
 }
 
 free_port() {
@@ -51,6 +84,9 @@ run() {
 
 case "${1:-}" in
     install) install ;;
+    background) background 19 ;;
+    background-now) background 0 ;;
+    build-locked) [ -x "$BIN" ] || build ;;
     run) shift; run "$@" ;;
     *) echo "usage: $0 install | run CMD..." >&2; exit 2 ;;
 esac

@@ -7,22 +7,22 @@
 #
 # Unit tests (host and, natively, the handlers) first, then the end-to-end
 # suites (one binary, `herald-tests`'s `e2e`) against a real broker. The
-# broker's first build (several minutes) runs in the background while the
-# unit tests build and run.
+# broker's first build (several minutes) was started in the background by
+# `just test` before anything else, and is waited for here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=$1 deb=$2
 logs=$(mktemp -d -t herald-test-XXXX)
 status=0
 
-tests/broker.sh install >"$logs/broker-install.log" 2>&1 &
-broker=$!
-
 cargo test --release --workspace --exclude herald-tests --no-fail-fast 2>&1 | tee "$logs/unit.log"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
-if ! wait $broker; then
-    cat "$logs/broker-install.log" >&2
+# Built before waiting for the broker, so that both builds share the time.
+cargo test --release -p herald-tests --no-run 2>&1 | tee "$logs/e2e-build.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+if ! tests/broker.sh install; then
     echo "just test: the test broker did not build (above); end-to-end suites not run" >&2
     status=1
 else
