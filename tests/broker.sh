@@ -52,7 +52,11 @@ background() {
     exec 9>"$LOCK"
     if ! flock -n 9; then return; fi
     echo "tests/broker.sh: building the test broker in the background (log: $CACHE/nisshi-build.log)" >&2
-    setsid nice -n "$niceness" "$0" build-locked >"$CACHE/nisshi-build.log" 2>&1 </dev/null &
+    # Not in a session of its own: Linux shares CPU between sessions
+    # (autogroups) whatever their nice value, so only in the caller's does
+    # the lowest priority mean "what the demo's build leaves". A
+    # non-interactive shell's background job ignores the demo's Ctrl-C.
+    nice -n "$niceness" "$0" build-locked >"$CACHE/nisshi-build.log" 2>&1 </dev/null &
     exec 9>&-
 }
 

@@ -62,6 +62,9 @@ enum Command {
     /// Roll TLS certificates out to every node.
     #[command(subcommand)]
     Cert(CertCmd),
+    /// The compacted state topic (`topics.state`).
+    #[command(subcommand)]
+    State(StateCmd),
     /// Work with the kernel firewall herald keeps (`firewall.nftables`).
     #[command(subcommand)]
     Firewall(FirewallCmd),
@@ -171,6 +174,17 @@ enum CertCmd {
 }
 
 #[derive(Subcommand)]
+enum StateCmd {
+    /// Copy the blocks and certificates on the events topic to the state
+    /// topic, with their keys and signatures: once, when a cluster from
+    /// before the state topic upgrades.
+    Seed {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum StalwartCmd {
     /// Decode a record (hex argument, or raw bytes on stdin): node id, then
     /// one JSON line per event.
@@ -270,6 +284,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             herald::cli::keys::publish_certificate(&config, &domains, &cert, &key, &mut stdout)
                 .await?
+        }
+        Command::State(StateCmd::Seed { config }) => {
+            herald::cli::state::seed(&config, &mut stdout).await?
         }
         Command::Cert(CertCmd::Force {
             config,

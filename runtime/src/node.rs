@@ -111,9 +111,12 @@ impl Node {
         self.status(mode).assigned.load(Ordering::Relaxed)
     }
 
-    /// The topics a mode's group reads.
+    /// The topics a mode's group reads: both of herald's (a new node reads
+    /// the state topic from its start: every entity's latest record), and
+    /// Stalwart's for broadcast handlers.
     fn topics(&self, mode: Mode) -> Vec<String> {
-        let mut topics = vec![self.config.topics.events.clone()];
+        let t = &self.config.topics;
+        let mut topics = vec![t.events.clone(), t.state.clone()];
         if mode == Mode::Broadcast && self.config.stalwart.enabled {
             topics.push(self.config.stalwart.topic.clone());
         }
@@ -154,7 +157,6 @@ impl Node {
     fn api_state(&self) -> ApiState {
         ApiState {
             node_id: self.config.node_id.clone(),
-            events_topic: self.config.topics.events.clone(),
             registry: self.registry.clone(),
             blocklist: self.effects.blocklist.clone(),
             certificates: self.effects.certificates.clone(),
@@ -275,6 +277,7 @@ impl Node {
                     let spec = consumer::Group {
                         id: group,
                         topics: self.topics(mode),
+                        state_topic: Some(self.config.topics.state.clone()),
                         session_timeout,
                     };
                     let (node, dispatcher, status) = (

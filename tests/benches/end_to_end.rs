@@ -26,7 +26,11 @@
 //!    100 000 events (target: 64 MiB);
 //! 4. trust: the same node over the same signed bundles of 100 events,
 //!    with and without a trust policy (target: the checked rate ≥ 0.9× the
-//!    unchecked one).
+//!    unchecked one);
+//! 5. boot: a new node's start from the state topic with one record per
+//!    entity (100 000; what compaction leaves) until it is ready, against a
+//!    replay of those entities' history from the events topic (1 000 000
+//!    writes) until it is committed.
 //!
 //! `HERALD_BENCH_QUICK=1` (`just bench-quick`, about 90 s once built) runs
 //! every section smaller (50 000 events in one round, the 1 000 events/s
@@ -865,4 +869,92 @@ async fn main() {
     if wanted("trust") {
         trust().await;
     }
+    if wanted("boot") {
+        boot().await;
+    }
+}
+
+/// A new node's start: from the state topic holding one record per entity
+/// (what compaction leaves), until the node is ready (caught up), against
+/// the same entities' history of ten writes each replayed from the events
+/// topic, until the node has committed all of it. The test broker does not
+/// compact, so the state topic is written as compaction would leave it.
+async fn boot() {
+    let entities: u32 = if quick() { 10_000 } else { 100_000 };
+    let writes = 10;
+    let settings = json!({"blocklist": {"maxEntries": 1_000_000}});
+    let block = |i: u32, n: u32| {
+        let action = if n % 2 == 1 { "block" } else { "unblock" };
+        let mut e = ip_block(&format!("w{n}-{i}"), &ip(i), action, "bench");
+        e["ts"] = json!(1_000 + u64::from(n));
+        (format!("ip:{}", ip(i)), e)
+    };
+    // From the state topic: the last write of each entity.
+    let mut from_state =
+        TestCluster::new("bench-boot-state", PARTITIONS, &[Install::builtin("blocking")]).await;
+    from_state.settings = settings.clone();
+    let last: Vec<_> = (0..entities).map(|i| block(i, writes - 1)).collect();
+    for chunk in last.chunks(5_000) {
+        from_state.publish_all_to(&from_state.state_topic, chunk).await;
+    }
+    let node = Arc::new(Node::open(node_config(&from_state, "boot-state")).unwrap());
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(node.clone().run(stop.clone()));
+    while !node.ready() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let state_took = started.elapsed();
+    assert_eq!(node.blocklist().len(), entities as usize, "ready before caught up");
+    stop.cancel();
+    running.await.unwrap().unwrap();
+
+    // Replayed from the events topic: every write of every entity.
+    let mut replay =
+        TestCluster::new("bench-boot-replay", PARTITIONS, &[Install::builtin("blocking")]).await;
+    replay.settings = settings;
+    for n in 0..writes {
+        let round: Vec<_> = (0..entities).map(|i| block(i, n)).collect();
+        for chunk in round.chunks(5_000) {
+            replay.publish_all(chunk).await;
+        }
+    }
+    let ends: Vec<i64> = (0..PARTITIONS)
+        .map(|p| replay.high_watermark(&replay.topic, p))
+        .collect();
+    let node = Arc::new(Node::open(node_config(&replay, "boot-replay")).unwrap());
+    let group = replay.broadcast_group("boot-replay");
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(node.clone().run(stop.clone()));
+    // Polled from a blocking thread (each look is a client of its own), at
+    // a resolution far below what is timed.
+    let done = || {
+        (0..PARTITIONS).all(|p| replay.committed(&group, p).unwrap_or(-1) >= ends[p as usize])
+    };
+    while !tokio::task::block_in_place(done) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replay_took = started.elapsed();
+    assert_eq!(node.blocklist().len(), entities as usize);
+    stop.cancel();
+    running.await.unwrap().unwrap();
+
+    println!("\na new node's start, {entities} entities, same broker, same run\n");
+    println!(
+        "{:<44} {:>10.2} s",
+        "from the state topic (one record each)",
+        state_took.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>10.2} s  ({} events)",
+        "replaying the events topic (ten each)",
+        replay_took.as_secs_f64(),
+        entities * writes
+    );
+    println!(
+        "{:<44} {:>10.2}",
+        "ratio replay / state topic",
+        replay_took.as_secs_f64() / state_took.as_secs_f64()
+    );
 }

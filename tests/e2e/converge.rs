@@ -4,7 +4,9 @@
 //! records, mixed bundles and expiries, while one node is killed (SIGKILL)
 //! and another restarted; at the end every node holds the same blocklist,
 //! entry for entry (reason, expiry, version), and it is the one a model
-//! computes from the versions alone.
+//! computes from the versions alone. A fourth node then joins with nothing
+//! left on its events topic (as after retention deleted it): the state
+//! topic alone brings it to the same list.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -175,7 +177,8 @@ async fn every_node_ends_with_the_blocklist_the_versions_decide() {
             assert!(n3.terminate().success());
             n3 = c.start("c");
         }
-        c.publish_record(
+        c.publish_record_to(
+            &c.state_topic,
             &r.key,
             r.payload.as_bytes(),
             &[
@@ -225,4 +228,27 @@ async fn every_node_ends_with_the_blocklist_the_versions_decide() {
     }
     assert_eq!(lists[0], lists[1], "nodes a and b differ");
     assert_eq!(lists[0], lists[2], "nodes a and c differ");
+
+    // Node d starts from scratch, and its events topic holds nothing (the
+    // test broker has neither retention nor DeleteRecords: a topic of its
+    // own that was never written stands for one whose records are gone).
+    // It reads the state topic from the start; once ready, it holds the
+    // same entries as the others.
+    let empty = format!("{}-expired", c.topic);
+    herald_tests::cluster::create_topics(&c.broker, &[empty.clone(), format!("{empty}.dlq")], 4)
+        .await;
+    c.settings["topics"] = json!({"events": empty});
+    let mut d = c.start("d");
+    d.wait_assigned(&c.broadcast_group("d"));
+    let ready_by = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, v) = api::get(&mut d, "/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < ready_by, "node d never became ready: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ready means caught up with the state topic: no waiting after it.
+    assert_eq!(entries(&mut d).await, lists[0], "node d differs from the others");
 }

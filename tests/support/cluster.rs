@@ -96,7 +96,11 @@ impl<'a> Install<'a> {
 
 pub struct TestCluster {
     pub broker: String,
+    /// The events topic (`topics.events`).
     pub topic: String,
+    /// The state topic (`topics.state`): what herald publishes of the
+    /// stateful kinds goes there.
+    pub state_topic: String,
     pub group: String,
     pub dir: tempfile::TempDir,
     handlers: PathBuf,
@@ -120,6 +124,7 @@ impl TestCluster {
         handlers: &[Install<'_>],
     ) -> TestCluster {
         let topic = unique(name);
+        let state_topic = format!("{topic}.state");
         let group = unique(&format!("{name}-group"));
         let mut dir = tempfile::Builder::new()
             .prefix("herald-test-")
@@ -135,7 +140,12 @@ impl TestCluster {
         }
         create_topics(
             &broker,
-            &[topic.clone(), format!("{topic}.dlq")],
+            &[
+                topic.clone(),
+                format!("{topic}.dlq"),
+                state_topic.clone(),
+                format!("{state_topic}.dlq"),
+            ],
             partitions,
         )
         .await;
@@ -147,6 +157,7 @@ impl TestCluster {
         TestCluster {
             broker,
             topic,
+            state_topic,
             group,
             dir,
             handlers: folder,
@@ -183,6 +194,20 @@ impl TestCluster {
             rdkafka::Offset::Offset(o) => Some(o),
             _ => None,
         }
+    }
+
+    /// The offset the next record of `partition` of `topic` will have.
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.broker)
+            .set("group.id", unique("watermarks"))
+            .create()
+            .unwrap();
+        consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .unwrap()
+            .1
     }
 
     /// The offset `group` committed on partition `partition` of the
@@ -241,7 +266,7 @@ impl TestCluster {
             "nodeId": node,
             "handlers": self.handlers,
             "stateDir": state,
-            "topics": {"events": self.topic},
+            "topics": {"events": self.topic, "state": self.state_topic},
             "batch": {"size": 100},
             "retry": {"attempts": 3, "backoff": "50ms", "maxBackoff": "200ms"},
             "commitInterval": "100ms",
@@ -304,13 +329,18 @@ impl TestCluster {
 
     /// Publish many events at once (keyed), waiting for all acknowledgements.
     pub async fn publish_all(&self, events: &[(String, Value)]) {
+        self.publish_all_to(&self.topic, events).await
+    }
+
+    /// [`TestCluster::publish_all`] to `topic`.
+    pub async fn publish_all_to(&self, topic: &str, events: &[(String, Value)]) {
         let payloads: Vec<(String, String)> = events
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect();
         let sends = payloads.iter().map(|(k, p)| {
             self.producer.send(
-                FutureRecord::to(&self.topic).key(k).payload(p),
+                FutureRecord::to(topic).key(k).payload(p),
                 Duration::from_secs(10),
             )
         });
@@ -321,6 +351,18 @@ impl TestCluster {
 
     /// Publish one record with headers, as any Kafka client can.
     pub async fn publish_record(&self, key: &str, payload: &[u8], headers: &[(&str, &[u8])]) {
+        self.publish_record_to(&self.topic, key, payload, headers)
+            .await
+    }
+
+    /// [`TestCluster::publish_record`] to `topic`.
+    pub async fn publish_record_to(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) {
         let mut h = rdkafka::message::OwnedHeaders::new();
         for (name, value) in headers {
             h = h.insert(rdkafka::message::Header {
@@ -328,7 +370,7 @@ impl TestCluster {
                 value: Some(*value),
             });
         }
-        let record = FutureRecord::to(&self.topic)
+        let record = FutureRecord::to(topic)
             .key(key)
             .payload(payload)
             .headers(h);

@@ -49,7 +49,6 @@ use crate::registry::Registry;
 /// when it starts, and the API never sees the node itself.
 pub struct ApiState {
     pub node_id: String,
-    pub events_topic: String,
     pub registry: Arc<Registry>,
     pub blocklist: Arc<Blocklist>,
     pub certificates: Arc<CertStore>,
@@ -325,7 +324,7 @@ async fn publish(State(api): State<Api>, body: String) -> Response {
         Ok(d) => (
             StatusCode::ACCEPTED,
             Json(json!({"id": event.id, "kind": event.body.kind(),
-                "topic": api.events_topic,
+                "topic": d.topic,
                 "partition": d.partition, "offset": d.offset})),
         )
             .into_response(),

@@ -33,9 +33,11 @@ fn summary(c: &Config, out: &mut dyn Write) -> std::io::Result<()> {
     };
     writeln!(
         out,
-        "topics: events {}, dead letters {}{create}",
+        "topics: events {}, state {} (compacted), dead letters {} and {}{create}",
         c.topics.events,
-        c.topics.dead_letter(&c.topics.events)
+        c.topics.state,
+        c.topics.dead_letter(&c.topics.events),
+        c.topics.dead_letter(&c.topics.state)
     )?;
     if c.stalwart.enabled {
         let node = c

@@ -120,7 +120,7 @@ pub async fn publish_certificate(
     writeln!(
         out,
         "{}",
-        json!({"topic": config.topics.events, "partition": delivered.partition,
+        json!({"topic": delivered.topic, "partition": delivered.partition,
                "offset": delivered.offset, "id": event.id, "kind": "tls-certificate",
                "domains": domains, "notAfter": not_after,
                "keyId": producer.signing_key().id()})

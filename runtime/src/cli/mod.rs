@@ -8,4 +8,5 @@ pub mod keys;
 pub mod node;
 pub mod push;
 pub mod stalwart;
+pub mod state;
 pub mod status;

@@ -132,7 +132,7 @@ pub async fn publish(
             writeln!(
                 out,
                 "{}",
-                json!({"topic": config.topics.events, "partition": delivered.partition,
+                json!({"topic": delivered.topic, "partition": delivered.partition,
                        "offset": delivered.offset, "ids": ids})
             )?;
         }
@@ -143,7 +143,7 @@ pub async fn publish(
     writeln!(
         out,
         "{}",
-        json!({"topic": config.topics.events, "partition": delivered.partition,
+        json!({"topic": delivered.topic, "partition": delivered.partition,
                "offset": delivered.offset, "id": event.id, "kind": event.body.kind()})
     )?;
     Ok(())

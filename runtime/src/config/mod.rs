@@ -16,7 +16,7 @@
 //!   "groupPrefix": "stalwart-cluster.herald",
 //!   "handlers": "/etc/herald/handlers",
 //!   "stateDir": "/var/lib/herald",
-//!   "topics": { "events": "herald.events", "deadLetterSuffix": ".dlq",
+//!   "topics": { "events": "herald.events", "state": "herald.state", "deadLetterSuffix": ".dlq",
 //!               "create": { "partitions": 6, "replicationFactor": 1 } },
 //!   "batch": { "size": 100, "linger": "0ms" },
 //!   "retry": { "attempts": 5, "backoff": "100ms", "maxBackoff": "10s" },
@@ -186,8 +186,13 @@ pub struct PushVapid {
 /// Topic names (`topics`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topics {
-    /// Native events (`topics.events`, default `herald.events`).
+    /// Native events (`topics.events`, default `herald.events`): the
+    /// transient kinds, on a time-retained topic.
     pub events: String,
+    /// The stateful kinds (`topics.state`, default `herald.state`):
+    /// `ip-block` and `tls-certificate`, on a compacted topic keyed by
+    /// entity, which keeps the latest record of every entity for good.
+    pub state: String,
     /// Appended to a topic's name to name its dead-letter topic
     /// (`topics.deadLetterSuffix`, default `.dlq`; never empty).
     pub dead_letter_suffix: String,
@@ -201,6 +206,15 @@ impl Topics {
     pub fn dead_letter(&self, topic: &str) -> String {
         format!("{topic}{}", self.dead_letter_suffix)
     }
+
+    /// The topic an event of this kind is published on.
+    pub fn for_body(&self, body: &crate::event::Body) -> &str {
+        if body.is_stateful() {
+            &self.state
+        } else {
+            &self.events
+        }
+    }
 }
 
 impl Default for Topics {
@@ -208,6 +222,7 @@ impl Default for Topics {
     fn default() -> Self {
         Topics {
             events: "herald.events".into(),
+            state: "herald.state".into(),
             dead_letter_suffix: ".dlq".into(),
             create: None,
         }

@@ -77,6 +77,8 @@ pub(super) struct RawTopics {
     #[serde(default)]
     pub(super) events: Option<String>,
     #[serde(default)]
+    pub(super) state: Option<String>,
+    #[serde(default)]
     pub(super) dead_letter_suffix: Option<String>,
     #[serde(default)]
     pub(super) create: Option<RawTopicCreate>,

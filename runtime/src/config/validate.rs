@@ -285,6 +285,13 @@ fn topics(raw: RawTopics) -> anyhow::Result<Topics> {
     let d = Topics::default();
     let events = raw.events.unwrap_or(d.events);
     topic_name("topics.events", &events)?;
+    let state = raw.state.unwrap_or(d.state);
+    topic_name("topics.state", &state)?;
+    if state == events {
+        bail!(
+            "field `topics.state`: `{state}` is also `topics.events`; the state topic is compacted and needs a topic of its own"
+        );
+    }
     let dead_letter_suffix = raw.dead_letter_suffix.unwrap_or(d.dead_letter_suffix);
     if dead_letter_suffix.is_empty() {
         bail!(
@@ -295,6 +302,7 @@ fn topics(raw: RawTopics) -> anyhow::Result<Topics> {
         dead_letter_suffix,
         create: None,
         events,
+        state,
     };
     topic_name(
         "topics.deadLetterSuffix",
@@ -405,9 +413,9 @@ fn stalwart(raw: RawStalwart, topics: &Topics) -> anyhow::Result<Stalwart> {
                 "field `stalwart.nodeId`: required when `stalwart.enabled` is true (herald's node id in Stalwart's records, 0-65535)"
             );
         }
-        if topic == topics.events {
+        if topic == topics.events || topic == topics.state {
             bail!(
-                "field `stalwart.topic`: `{topic}` is also `topics.events`; Stalwart's records need a topic of their own"
+                "field `stalwart.topic`: `{topic}` is also herald's own topic; Stalwart's records need a topic of their own"
             );
         }
     }

@@ -61,6 +61,9 @@ pub struct Status {
     pub session_timeout_ms: AtomicU64,
     /// Consumer lag per assigned partition, from librdkafka's statistics.
     pub lag: Mutex<std::collections::BTreeMap<(String, i32), i64>>,
+    /// Still reading the state topic up to where it ended when the group
+    /// started: a node is not ready before it holds the cluster's state.
+    pub catching_up: AtomicBool,
 }
 
 /// Whether a node is ready: at least one group running, and every running
@@ -88,6 +91,7 @@ impl Status {
             && now_ms.saturating_sub(since) > self.session_timeout_ms.load(Ordering::Relaxed);
         self.running.load(Ordering::Relaxed)
             && self.joined.load(Ordering::Relaxed)
+            && !self.catching_up.load(Ordering::Relaxed)
             && !away_too_long
     }
 
@@ -110,6 +114,9 @@ pub struct Group {
     /// The consumer group id.
     pub id: String,
     pub topics: Vec<String>,
+    /// The state topic among `topics`, if it is: the group is not ready
+    /// until it has read that topic's partitions to their end.
+    pub state_topic: Option<String>,
     pub session_timeout: Duration,
 }
 
@@ -136,6 +143,7 @@ struct Shared {
     assigned: Mutex<HashSet<Tp>>,
     dispatcher: Arc<Dispatcher>,
     status: Arc<Status>,
+    state_topic: Option<String>,
 }
 
 struct Ctx {
@@ -179,6 +187,10 @@ impl ClientContext for Ctx {
             }
         }
         *status.lag.lock().unwrap() = lag;
+        if status.catching_up.load(Ordering::Relaxed) && self.caught_up(&stats) {
+            status.catching_up.store(false, Ordering::Relaxed);
+            tracing::info!(group = %self.shared.group, "caught up with the state topic");
+        }
     }
 
     /// librdkafka's errors outside any request. Losing every broker is what
@@ -197,6 +209,36 @@ impl ClientContext for Ctx {
                 tracing::warn!(group = %self.shared.group, error = %error, %reason, "kafka client error")
             }
         }
+    }
+}
+
+impl Ctx {
+    /// Whether every state-topic partition this member holds has been
+    /// handled and committed up to its end (or is empty), as of `stats`.
+    /// Nothing assigned of it (the other members hold it) is caught up.
+    fn caught_up(&self, stats: &rdkafka::Statistics) -> bool {
+        let Some(topic) = &self.shared.state_topic else {
+            return true;
+        };
+        if !self.shared.status.joined.load(Ordering::Relaxed) {
+            return false;
+        }
+        let assigned = self.shared.assigned.lock().unwrap();
+        assigned
+            .iter()
+            .filter(|(t, _)| **t == **topic)
+            .all(|(_, partition)| {
+                let Some(p) = stats
+                    .topics
+                    .get(topic)
+                    .and_then(|t| t.partitions.get(partition))
+                else {
+                    return false;
+                };
+                let end_known = p.hi_offset >= 0;
+                let empty = end_known && p.lo_offset >= 0 && p.hi_offset <= p.lo_offset;
+                end_known && (empty || p.committed_offset >= p.hi_offset)
+            })
     }
 }
 
@@ -400,7 +442,12 @@ pub async fn run(
         assigned: Mutex::new(HashSet::new()),
         dispatcher,
         status,
+        state_topic: group.state_topic.clone(),
     });
+    shared
+        .status
+        .catching_up
+        .store(group.state_topic.is_some(), Ordering::Relaxed);
     let mut client = client_config(cfg, &group.id);
     let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
         client

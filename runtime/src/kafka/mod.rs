@@ -128,6 +128,9 @@ pub async fn ensure_topics(cfg: &Config, topics: &[String]) -> anyhow::Result<()
             }
         }
     }
+    if !missing.contains(&cfg.topics.state) {
+        check_compacted(cfg).await;
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -145,11 +148,17 @@ pub async fn ensure_topics(cfg: &Config, topics: &[String]) -> anyhow::Result<()
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 t,
                 create.partitions,
                 TopicReplication::Fixed(create.replication_factor),
-            )
+            );
+            // The state topic keeps every entity's latest record for good.
+            if *t == cfg.topics.state {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -161,6 +170,35 @@ pub async fn ensure_topics(cfg: &Config, topics: &[String]) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// Warn when the state topic is not compacted: with time retention, a node
+/// that joins later never learns of a block or certificate older than the
+/// retention, and with no cleanup at all a new node's start grows with the
+/// history. A broker that does not say is not a reason to stop.
+async fn check_compacted(cfg: &Config) {
+    use rdkafka::admin::ResourceSpecifier;
+    let topic = &cfg.topics.state;
+    let policy = async {
+        let admin: AdminClient<DefaultClientContext> = client_config(cfg, "admin").create().ok()?;
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+        let results = admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
+            .await
+            .ok()?;
+        let resource = results.into_iter().next()?.ok()?;
+        resource.get("cleanup.policy")?.value.clone()
+    };
+    match policy.await {
+        Some(p) if p.split(',').any(|p| p.trim() == "compact") => {}
+        Some(p) => tracing::warn!(
+            %topic,
+            cleanup_policy = %p,
+            "topics.state is not compacted: set cleanup.policy=compact, or state older than \
+             the retention is lost to new nodes (README, \"Topic settings\")"
+        ),
+        None => tracing::debug!(%topic, "the broker did not say the state topic's cleanup.policy"),
+    }
 }
 
 #[cfg(test)]

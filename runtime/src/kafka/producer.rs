@@ -1,7 +1,9 @@
 //! The node's producer: idempotent, `acks=all`, delivery timeout from the
 //! Coordinator's `timeoutMessage`. Events are keyed by their entity so a
 //! partition keeps one entity's events in order, and signed with the node's
-//! key ([`crate::trust`]) so that other nodes can tell who sent them.
+//! key ([`crate::trust`]) so that other nodes can tell who sent them. The
+//! stateful kinds go to the compacted state topic, the rest to the events
+//! topic ([`crate::config::Topics::for_body`]).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use crate::trust::{KEY_ID_HEADER, SIGNATURE_HEADER};
 pub struct Producer {
     inner: FutureProducer<super::Quiet>,
     key: NodeKey,
-    events_topic: String,
+    topics: crate::config::Topics,
     dead_letter_suffix: String,
     node_id: String,
     timeout: Duration,
@@ -55,8 +57,9 @@ pub enum StalwartError {
 }
 
 /// Where a record landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Delivered {
+    pub topic: String,
     pub partition: i32,
     pub offset: i64,
 }
@@ -85,7 +88,7 @@ impl Producer {
         Ok(Producer {
             inner,
             key,
-            events_topic: cfg.topics.events.clone(),
+            topics: cfg.topics.clone(),
             dead_letter_suffix: cfg.topics.dead_letter_suffix.clone(),
             node_id: cfg.node_id.clone(),
             timeout: cfg.timeout_message,
@@ -107,7 +110,9 @@ impl Producer {
     }
 
     pub async fn publish_keyed(&self, key: &str, event: &Event) -> anyhow::Result<Delivered> {
-        self.publish_signed(key, &event.to_json().to_string()).await
+        let topic = self.topics.for_body(&event.body);
+        self.publish_signed(topic, key, &event.to_json().to_string())
+            .await
     }
 
     /// Publish `events` as bundle records (one signature for each, handled
@@ -143,21 +148,27 @@ impl Producer {
         let mut sent = Vec::with_capacity(groups.len());
         for (key, members) in groups {
             let group: Vec<Event> = members.iter().map(|&i| events[i].clone()).collect();
+            let topic = self.topics.for_body(&group[0].body);
             let delivered = self
-                .publish_signed(&key, &Event::bundle_json(&group))
+                .publish_signed(topic, &key, &Event::bundle_json(&group))
                 .await?;
             sent.push((delivered, members));
         }
         Ok(sent)
     }
 
-    /// Send `payload` keyed by `key` to the events topic, signed.
-    async fn publish_signed(&self, key: &str, payload: &str) -> anyhow::Result<Delivered> {
+    /// Send `payload` keyed by `key` to `topic`, signed.
+    async fn publish_signed(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &str,
+    ) -> anyhow::Result<Delivered> {
         let signature = signature_text(&self.key.sign(Some(key.as_bytes()), payload.as_bytes()));
         let headers = OwnedHeaders::new()
             .insert(header(KEY_ID_HEADER, self.key.id()))
             .insert(header(SIGNATURE_HEADER, &signature));
-        let record = FutureRecord::to(&self.events_topic)
+        let record = FutureRecord::to(topic)
             .key(key)
             .payload(payload)
             .headers(headers);
@@ -212,8 +223,10 @@ impl Producer {
         K: rdkafka::message::ToBytes + ?Sized,
         P: rdkafka::message::ToBytes + ?Sized,
     {
+        let topic = record.topic.to_string();
         match self.inner.send(record, self.timeout).await {
             Ok(d) => Ok(Delivered {
+                topic,
                 partition: d.partition,
                 offset: d.offset,
             }),
