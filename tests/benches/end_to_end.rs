@@ -624,7 +624,9 @@ async fn api_latency() {
             let payload = ev.to_string();
             plain
                 .send(
-                    FutureRecord::to(&c.topic).key("account:5").payload(&payload),
+                    FutureRecord::to(&c.topic)
+                        .key("account:5")
+                        .payload(&payload),
                     Duration::from_secs(10),
                 )
                 .await
@@ -890,12 +892,18 @@ async fn boot() {
         (format!("ip:{}", ip(i)), e)
     };
     // From the state topic: the last write of each entity.
-    let mut from_state =
-        TestCluster::new("bench-boot-state", PARTITIONS, &[Install::builtin("blocking")]).await;
+    let mut from_state = TestCluster::new(
+        "bench-boot-state",
+        PARTITIONS,
+        &[Install::builtin("blocking")],
+    )
+    .await;
     from_state.settings = settings.clone();
     let last: Vec<_> = (0..entities).map(|i| block(i, writes - 1)).collect();
     for chunk in last.chunks(5_000) {
-        from_state.publish_all_to(&from_state.state_topic, chunk).await;
+        from_state
+            .publish_all_to(&from_state.state_topic, chunk)
+            .await;
     }
     let node = Arc::new(Node::open(node_config(&from_state, "boot-state")).unwrap());
     let started = Instant::now();
@@ -905,13 +913,21 @@ async fn boot() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let state_took = started.elapsed();
-    assert_eq!(node.blocklist().len(), entities as usize, "ready before caught up");
+    assert_eq!(
+        node.blocklist().len(),
+        entities as usize,
+        "ready before caught up"
+    );
     stop.cancel();
     running.await.unwrap().unwrap();
 
     // Replayed from the events topic: every write of every entity.
-    let mut replay =
-        TestCluster::new("bench-boot-replay", PARTITIONS, &[Install::builtin("blocking")]).await;
+    let mut replay = TestCluster::new(
+        "bench-boot-replay",
+        PARTITIONS,
+        &[Install::builtin("blocking")],
+    )
+    .await;
     replay.settings = settings;
     for n in 0..writes {
         let round: Vec<_> = (0..entities).map(|i| block(i, n)).collect();
@@ -929,9 +945,8 @@ async fn boot() {
     let running = tokio::spawn(node.clone().run(stop.clone()));
     // Polled from a blocking thread (each look is a client of its own), at
     // a resolution far below what is timed.
-    let done = || {
-        (0..PARTITIONS).all(|p| replay.committed(&group, p).unwrap_or(-1) >= ends[p as usize])
-    };
+    let done =
+        || (0..PARTITIONS).all(|p| replay.committed(&group, p).unwrap_or(-1) >= ends[p as usize]);
     while !tokio::task::block_in_place(done) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -49,12 +49,27 @@ impl Rng {
 fn networks() -> Vec<(&'static str, Vec<String>)> {
     let mut nets = Vec::new();
     for (canonical, spellings) in [
-        ("198.51.100.1", vec!["198.51.100.1", "198.51.100.1/32", "::ffff:198.51.100.1"]),
-        ("198.51.100.2", vec!["198.51.100.2", "::ffff:198.51.100.2/128"]),
+        (
+            "198.51.100.1",
+            vec!["198.51.100.1", "198.51.100.1/32", "::ffff:198.51.100.1"],
+        ),
+        (
+            "198.51.100.2",
+            vec!["198.51.100.2", "::ffff:198.51.100.2/128"],
+        ),
         ("203.0.113.9", vec!["203.0.113.9/32", "::FFFF:203.0.113.9"]),
-        ("198.51.101.0/24", vec!["198.51.101.0/24", "::ffff:198.51.101.0/120"]),
-        ("2001:db8:1::/48", vec!["2001:db8:1::/48", "2001:DB8:1::/48", "2001:db8:1:0::/48"]),
-        ("2001:db8::7", vec!["2001:db8::7", "2001:db8::7/128", "2001:DB8:0::7"]),
+        (
+            "198.51.101.0/24",
+            vec!["198.51.101.0/24", "::ffff:198.51.101.0/120"],
+        ),
+        (
+            "2001:db8:1::/48",
+            vec!["2001:db8:1::/48", "2001:DB8:1::/48", "2001:db8:1:0::/48"],
+        ),
+        (
+            "2001:db8::7",
+            vec!["2001:db8::7", "2001:db8::7/128", "2001:DB8:0::7"],
+        ),
     ] {
         nets.push((canonical, spellings.into_iter().map(String::from).collect()));
     }
@@ -96,7 +111,9 @@ async fn every_node_ends_with_the_blocklist_the_versions_decide() {
     eprintln!("converge: seed {seed}");
     let mut rng = Rng(seed);
     let mut c = TestCluster::new("converge", 4, &[Install::builtin("blocking")]).await;
-    let ops = NodeKey::load_or_create(&c.dir.path().join("ops.key")).unwrap().0;
+    let ops = NodeKey::load_or_create(&c.dir.path().join("ops.key"))
+        .unwrap()
+        .0;
     c.settings = json!({"trust": {"keys": {
         ops.id(): {"publicKey": public_key_text(&ops.public()), "kinds": ["*"]}}}});
 
@@ -135,7 +152,8 @@ async fn every_node_ends_with_the_blocklist_the_versions_decide() {
     let expected: BTreeMap<String, Value> = model
         .iter()
         .filter(|(_, (_, _, e))| {
-            e["body"]["action"] == "block" && e["body"]["expiresAt"].as_u64().is_none_or(|t| t > now)
+            e["body"]["action"] == "block"
+                && e["body"]["expiresAt"].as_u64().is_none_or(|t| t > now)
         })
         .map(|(net, (_, _, e))| (net.to_string(), e.clone()))
         .collect();
@@ -147,11 +165,19 @@ async fn every_node_ends_with_the_blocklist_the_versions_decide() {
     let mut records = Vec::new();
     let mut rest = history.as_slice();
     while !rest.is_empty() {
-        let n = if rng.below(6) == 0 { (2 + rng.below(4)).min(rest.len()) } else { 1 };
+        let n = if rng.below(6) == 0 {
+            (2 + rng.below(4)).min(rest.len())
+        } else {
+            1
+        };
         let (now, later) = rest.split_at(n);
         rest = later;
         let key = format!("ip:{}", now[0]["body"]["ip"].as_str().unwrap());
-        let payload = if n == 1 { now[0].to_string() } else { Value::from(now.to_vec()).to_string() };
+        let payload = if n == 1 {
+            now[0].to_string()
+        } else {
+            Value::from(now.to_vec()).to_string()
+        };
         records.push(sign(&ops, key, payload));
     }
     let originals = records.len();
@@ -250,5 +276,9 @@ async fn every_node_ends_with_the_blocklist_the_versions_decide() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Ready means caught up with the state topic: no waiting after it.
-    assert_eq!(entries(&mut d).await, lists[0], "node d differs from the others");
+    assert_eq!(
+        entries(&mut d).await,
+        lists[0],
+        "node d differs from the others"
+    );
 }

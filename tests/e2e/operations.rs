@@ -162,6 +162,16 @@ async fn the_readmes_curl_commands_work_as_written() {
     c.enable_stalwart().await;
     let mut node = c.start("a");
     node.wait_assigned(&c.broadcast_group("a"));
+    // Ready (the state topic read to its end) before the README's lines run:
+    // its `curl -f $A/readyz` asks for 200.
+    let ready_by = std::time::Instant::now() + LONG;
+    while herald_tests::api::get(&mut node, "/readyz").await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < ready_by,
+            "the node never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let api = node.api();
     // The certificate the README asks for.
     c.publish(

@@ -64,7 +64,6 @@ impl Stream {
     }
 }
 
-
 /// `GET path` on `node`'s API with the test token: the status and the JSON
 /// body (null if it is not JSON).
 pub async fn get(node: &mut NodeProcess, path: &str) -> (u16, Value) {

@@ -370,10 +370,7 @@ impl TestCluster {
                 value: Some(*value),
             });
         }
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .headers(h);
+        let record = FutureRecord::to(topic).key(key).payload(payload).headers(h);
         self.producer
             .send(record, Duration::from_secs(10))
             .await

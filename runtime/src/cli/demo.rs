@@ -23,6 +23,7 @@ use crate::event::{
 use crate::node::{Node, stop_on_signals};
 
 const TOPIC: &str = "herald.events";
+const STATE_TOPIC: &str = "herald.state";
 
 fn samples(origin: &str) -> Vec<Event> {
     let block = |ip: &str, expires: Option<u64>| {
@@ -67,7 +68,12 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
     })?;
     let mock = MockCluster::new(1).context("cannot start the embedded Kafka cluster")?;
     let bootstrap = mock.bootstrap_servers();
-    for topic in [TOPIC.to_string(), format!("{TOPIC}.dlq")] {
+    for topic in [
+        TOPIC.to_string(),
+        format!("{TOPIC}.dlq"),
+        STATE_TOPIC.to_string(),
+        format!("{STATE_TOPIC}.dlq"),
+    ] {
         mock.create_topic(&topic, 3, 1)?;
     }
     let state = tempfile::Builder::new().prefix("herald-demo-").tempdir()?;
@@ -87,7 +93,9 @@ pub async fn run(handlers: &Path) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
 
     println!("herald demo");
-    println!("  embedded Kafka cluster: {bootstrap}  (topics {TOPIC}, {TOPIC}.dlq)");
+    println!(
+        "  embedded Kafka cluster: {bootstrap}  (topics {TOPIC}, {STATE_TOPIC} and their .dlq)"
+    );
     println!("  handlers:               {}", handlers.display());
     println!("  node state:             {}", state.path().display());
     let node = Arc::new(Node::open(config)?.with_metrics(super::node::install_metrics()?));

@@ -151,14 +151,7 @@ pub fn force_certificate(
         .map_err(|e| anyhow::anyhow!("{} with {}: {e}", cert.display(), key.display()))?;
     let store = crate::effects::certs::CertStore::open(&config.state_dir)?;
     let version = crate::event::Version::new(now_ms, &format!("force-{}", config.node_id));
-    let report = store.install_at(
-        domains,
-        &chain,
-        &plain_key,
-        not_after,
-        Some(&version),
-        true,
-    )?;
+    let report = store.install_at(domains, &chain, &plain_key, not_after, Some(&version), true)?;
     writeln!(
         out,
         "{}",

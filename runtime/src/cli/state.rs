@@ -52,10 +52,9 @@ pub async fn seed(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
         .set("enable.partition.eof", "true")
         .create()
         .context("cannot create the Kafka consumer")?;
-    let meta = tokio::task::block_in_place(|| {
-        reader.fetch_metadata(Some(from), Duration::from_secs(10))
-    })
-    .with_context(|| format!("cannot read the metadata of {from}"))?;
+    let meta =
+        tokio::task::block_in_place(|| reader.fetch_metadata(Some(from), Duration::from_secs(10)))
+            .with_context(|| format!("cannot read the metadata of {from}"))?;
     let partitions = meta
         .topics()
         .first()
@@ -105,7 +104,10 @@ pub async fn seed(config: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => ended += 1,
             Some(Err(e)) => return Err(e).with_context(|| format!("reading {from}")),
             None if quiet_since.elapsed() > cfg.timeout_message => {
-                anyhow::bail!("{from}: no record and no end of partition for {:?}", cfg.timeout_message)
+                anyhow::bail!(
+                    "{from}: no record and no end of partition for {:?}",
+                    cfg.timeout_message
+                )
             }
             None => {}
         }

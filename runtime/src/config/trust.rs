@@ -169,7 +169,9 @@ pub(super) fn trust(raw: RawTrust, stalwart_enabled: bool) -> anyhow::Result<Pol
     }
     if let Some(skew) = raw.max_skew {
         if skew.0 < Duration::from_secs(1) {
-            bail!("field `trust.maxSkew`: less than a second would refuse events from any clock but this node's");
+            bail!(
+                "field `trust.maxSkew`: less than a second would refuse events from any clock but this node's"
+            );
         }
         policy.max_skew = skew.0;
     }

@@ -1001,9 +1001,7 @@ mod tests {
             let again = Blocklist::open(dir.path()).unwrap();
             assert_eq!(again.list(0), b.list(0));
             assert_eq!(
-                again
-                    .block_at("203.0.113.9", "x", None, None)
-                    .unwrap(),
+                again.block_at("203.0.113.9", "x", None, None).unwrap(),
                 Applied::Changed
             );
             assert_eq!(

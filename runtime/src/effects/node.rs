@@ -296,7 +296,10 @@ impl Effects for NodeEffects {
                     for name in &report.stale {
                         metrics::counter!("herald_stale_total", "kind" => "tls-certificate")
                             .increment(1);
-                        let v = version.as_ref().map(ToString::to_string).unwrap_or_default();
+                        let v = version
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default();
                         tracing::info!(handler, domain = %name, version = %v,
                             "stale certificate: a newer version is installed; not applied");
                     }

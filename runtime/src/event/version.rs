@@ -139,7 +139,10 @@ mod tests {
             key("::ffff:198.51.100.0/120").as_deref(),
             Some("ip:198.51.100.0/24")
         );
-        assert_eq!(key("198.51.100.9/24").as_deref(), Some("ip:198.51.100.0/24"));
+        assert_eq!(
+            key("198.51.100.9/24").as_deref(),
+            Some("ip:198.51.100.0/24")
+        );
         assert_eq!(key("not an address"), None);
     }
 

@@ -267,6 +267,13 @@ impl ConsumerContext for Ctx {
                 let status = &self.shared.status;
                 status.assigned.store(tps.len(), Ordering::Relaxed);
                 status.joined.store(true, Ordering::Relaxed);
+                // Holding none of the state topic, there is nothing to
+                // catch up with (the statistics would say so a second later).
+                if let Some(state) = &self.shared.state_topic
+                    && !tps.iter().any(|(t, _)| **t == **state)
+                {
+                    status.catching_up.store(false, Ordering::Relaxed);
+                }
                 *self.shared.assigned.lock().unwrap() = tps;
             }
             Rebalance::Revoke(_) => {

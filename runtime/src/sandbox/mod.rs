@@ -572,7 +572,11 @@ fn runs<E: Borrow<Event>>(events: &[E], by_entity: bool) -> Vec<(usize, usize)> 
             let first = &events[start].borrow().position;
             first.partition != e.position.partition || first.topic != e.position.topic
         };
-        let entities = if by_entity { e.body.entities() } else { Vec::new() };
+        let entities = if by_entity {
+            e.body.entities()
+        } else {
+            Vec::new()
+        };
         if !split && entities.iter().any(|x| seen.contains(x)) {
             split = true;
         }

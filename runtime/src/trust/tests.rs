@@ -151,7 +151,10 @@ fn an_event_dated_ahead_of_the_clock_is_refused_and_cannot_outlive_max_age() {
     let signer = strict.verify(Some(b"k"), BLOCK, Some(&sig)).unwrap();
     ahead.ts = 2_001;
     assert_eq!(
-        strict.admit(&ahead, signer.as_ref(), 1_000).unwrap_err().reason(),
+        strict
+            .admit(&ahead, signer.as_ref(), 1_000)
+            .unwrap_err()
+            .reason(),
         "from-the-future"
     );
     ahead.ts = 2_000;

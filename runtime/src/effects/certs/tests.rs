@@ -424,22 +424,50 @@ fn the_newest_version_wins_even_when_it_ends_earlier() {
     // A long-lived certificate, then a newer one that ends earlier: a
     // rotation. The older one replayed is stale, whatever its notAfter.
     let long = store
-        .install_at(&d, &chain(1), &key(1), 4_000_000_000_000, Some(&v(1, "a")), false)
+        .install_at(
+            &d,
+            &chain(1),
+            &key(1),
+            4_000_000_000_000,
+            Some(&v(1, "a")),
+            false,
+        )
         .unwrap();
     assert_eq!(long.changed, d);
     let rotated = store
-        .install_at(&d, &chain(2), &key(2), 1_900_000_000_000, Some(&v(2, "b")), false)
+        .install_at(
+            &d,
+            &chain(2),
+            &key(2),
+            1_900_000_000_000,
+            Some(&v(2, "b")),
+            false,
+        )
         .unwrap();
     assert_eq!(rotated.changed, d);
     let replay = store
-        .install_at(&d, &chain(1), &key(1), 4_000_000_000_000, Some(&v(1, "a")), false)
+        .install_at(
+            &d,
+            &chain(1),
+            &key(1),
+            4_000_000_000_000,
+            Some(&v(1, "a")),
+            false,
+        )
         .unwrap();
     assert_eq!((replay.changed.len(), replay.stale), (0, d.clone()));
     let now = store.get("mail.example.com").unwrap();
     assert_eq!((now.chain_pem, now.version), (chain(2), Some(v(2, "b"))));
     // The same install again changes nothing (no hooks would run).
     let again = store
-        .install_at(&d, &chain(2), &key(2), 1_900_000_000_000, Some(&v(2, "b")), false)
+        .install_at(
+            &d,
+            &chain(2),
+            &key(2),
+            1_900_000_000_000,
+            Some(&v(2, "b")),
+            false,
+        )
         .unwrap();
     assert_eq!(again, Installs::default());
     // Without a version, the no-rollback rule by notAfter decides ...
