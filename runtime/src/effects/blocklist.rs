@@ -630,7 +630,8 @@ impl Blocklist {
             changes.clear();
             changes.shrink_to(2 * n);
         }
-        let (held, tombstones): (Vec<(IpNet, Held)>, Vec<(IpNet, Version)>) = {
+        type Copied = (Vec<(IpNet, Held)>, Vec<(IpNet, Version)>);
+        let (held, tombstones): Copied = {
             let s = self.state.lock().unwrap();
             if s.journaled <= (s.entries.len() + s.tombstones.len()).max(1024) {
                 return Ok(());
