@@ -33,7 +33,7 @@ fi
 
 # cargo prints "test result: ok. 12 passed; 0 failed; ..." per test binary.
 read -r passed failed < <(cat "$logs"/unit.log "$logs"/e2e.log 2>/dev/null |
-    sed -n 's/^test result: [A-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' |
+    sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' |
     awk '{p += $1; f += $2} END {print p + 0, f + 0}')
 if [ "$status" != 0 ] && [ "$failed" = 0 ]; then
     # A build error or a test binary that died prints no result line.
