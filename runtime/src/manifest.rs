@@ -239,6 +239,20 @@ impl Manifest {
         if !may_publish && !raw.publish.is_empty() {
             bail!("field `publish`: kinds are listed but the `publish` capability is not granted");
         }
+        // Publishing is a cluster-wide act: in broadcast mode every node
+        // would publish the same derived events, and a chain of publishes
+        // would grow with the number of nodes (N copies at each hop). The
+        // shared group already elects one node per record, through the
+        // group coordinator, and survives rebalances; so a handler that
+        // publishes runs there (docs/design.md, "Publish chains").
+        if may_publish && raw.mode == Mode::Broadcast {
+            bail!(
+                "field `mode`: a handler granted `publish` must be mode = \"shared\" (in \
+                 broadcast mode every node would publish the same events, so what it publishes \
+                 would grow with the cluster); put what each node must apply in a broadcast \
+                 handler of its own"
+            );
+        }
         capabilities.extend(Capability::IMPLICIT);
         Ok(Manifest {
             name: raw.name.unwrap_or_else(|| default_name.to_string()),
@@ -340,5 +354,12 @@ mod tests {
         assert!(e.contains("timeout"), "{e}");
         let e = err("mode = \"shared\"");
         assert!(e.contains("subscribe"), "{e}");
+        let e = err(
+            "subscribe = [\"ip-block\"]\nmode = \"broadcast\"\ncapabilities = [\"publish\"]\npublish = [\"ip-block\"]",
+        );
+        assert!(
+            e.contains("field `mode`") && e.contains("mode = \"shared\""),
+            "{e}"
+        );
     }
 }

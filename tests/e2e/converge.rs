@@ -7,6 +7,9 @@
 //! computes from the versions alone. A fourth node then joins with nothing
 //! left on its events topic (as after retention deleted it): the state
 //! topic alone brings it to the same list.
+//!
+//! And a publish chain leaves as many records on a cluster of three nodes
+//! as on one.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use herald::trust::keys::{NodeKey, public_key_text, signature_text};
 use herald::trust::{KEY_ID_HEADER, SIGNATURE_HEADER};
 use herald_tests::api;
-use herald_tests::cluster::{Install, NodeProcess, TestCluster};
+use herald_tests::cluster::{Install, NodeProcess, TestCluster, ip_block, wait_until};
 use serde_json::{Value, json};
 
 fn now_ms() -> u64 {
@@ -281,4 +284,87 @@ async fn every_node_ends_with_the_blocklist_the_versions_decide() {
         lists[0],
         "node d differs from the others"
     );
+}
+
+/// Partitions of the shared group that `node` holds, both topics together.
+async fn shared_partitions(node: &mut NodeProcess) -> u64 {
+    let (status, v) = api::get(node, "/v1/status").await;
+    assert_eq!(status, 200, "{v}");
+    v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["mode"] == "shared")
+        .map(|g| g["assigned"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Run the `republish` fixture's chain (a block, republished hop by hop up
+/// to `publish.maxHops`) on a cluster of `nodes` nodes, and count the
+/// records it left on the state topic once it is over.
+async fn chain_records(nodes: usize) -> i64 {
+    const PARTITIONS: i32 = 4;
+    let c = TestCluster::new(
+        &format!("chain{nodes}"),
+        PARTITIONS,
+        &[Install::builtin("fixtures/republish")],
+    )
+    .await;
+    let mut running: Vec<NodeProcess> = ["a", "b", "c"][..nodes]
+        .iter()
+        .map(|n| c.start(n))
+        .collect();
+    // The group has settled once every node holds partitions and together
+    // they hold all of both topics: no rebalance will hand a record on.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut held = Vec::new();
+        for node in &mut running {
+            held.push(shared_partitions(node).await);
+        }
+        if held.iter().all(|&n| n > 0) && held.iter().sum::<u64>() == 2 * PARTITIONS as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the shared group never settled: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.publish(
+        "ip:203.0.113.9",
+        &ip_block("root", "203.0.113.9", "block", "x"),
+    )
+    .await;
+    // The chain is over when the event past the hop limit is dead-lettered
+    // (its derived events, all blocks, are on the state topic) and the
+    // shared group has committed everything there is.
+    c.dead_letter_where(&c.state_topic, |l| {
+        l.header("herald-error").contains("publish.maxHops")
+    })
+    .await;
+    let done = || {
+        (0..PARTITIONS).all(|p| {
+            [&c.topic, &c.state_topic].iter().all(|t| {
+                let end = c.high_watermark(t, p);
+                end == 0 || c.committed_on(&c.shared_group(), t, p) == Some(end)
+            })
+        })
+    };
+    wait_until(
+        "the shared group committed the chain",
+        Duration::from_secs(120),
+        done,
+    );
+    c.read_all(&c.state_topic).len() as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_chain_makes_as_many_records_on_three_nodes_as_on_one() {
+    let one = chain_records(1).await;
+    let three = chain_records(3).await;
+    eprintln!("publish chain: {one} records on one node, {three} on three");
+    // The root's five descendants (hops 1 to 5) on one node.
+    assert_eq!(one, 5);
+    assert_eq!(three, one, "the chain grew with the number of nodes");
 }

@@ -216,42 +216,50 @@ impl TestCluster {
         self.committed_on(group, &self.topic, partition)
     }
 
-    /// Read `n` dead letters of `topic`'s dead-letter topic (from its
-    /// start), in the order they came, waiting up to a minute for them.
-    pub async fn dead_letters_of(&self, topic: &str, n: usize) -> Vec<Letter> {
-        use rdkafka::consumer::{Consumer, StreamConsumer};
-        use rdkafka::message::{Headers, Message};
-        let dlq: StreamConsumer = ClientConfig::new()
+    /// A reader of `topic`'s dead-letter topic, from its start.
+    fn dead_letter_reader(&self, topic: &str) -> rdkafka::consumer::StreamConsumer {
+        use rdkafka::consumer::Consumer;
+        let dlq: rdkafka::consumer::StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.broker)
             .set("group.id", unique("dlq-reader"))
             .set("auto.offset.reset", "earliest")
             .create()
             .unwrap();
         dlq.subscribe(&[&format!("{topic}.dlq")]).unwrap();
+        dlq
+    }
+
+    /// Read `n` dead letters of `topic`'s dead-letter topic (from its
+    /// start), in the order they came, waiting up to a minute for them.
+    pub async fn dead_letters_of(&self, topic: &str, n: usize) -> Vec<Letter> {
+        let dlq = self.dead_letter_reader(topic);
         let mut letters = Vec::new();
         while letters.len() < n {
-            let m = tokio::time::timeout(Duration::from_secs(60), dlq.recv())
-                .await
-                .expect("dead letter")
-                .unwrap();
-            let mut headers = std::collections::BTreeMap::new();
-            for header in m.headers().map(|h| h.iter().collect()).unwrap_or(vec![]) {
-                headers.insert(
-                    header.key.to_string(),
-                    String::from_utf8_lossy(header.value.unwrap_or_default()).to_string(),
-                );
-            }
-            letters.push(Letter {
-                headers,
-                payload: m.payload().unwrap_or_default().to_vec(),
-            });
+            letters.push(next_letter(&dlq).await);
         }
         letters
+    }
+
+    /// Read `topic`'s dead letters from the start until one satisfies
+    /// `pred`, and return it (each letter waited for up to a minute).
+    pub async fn dead_letter_where(&self, topic: &str, pred: impl Fn(&Letter) -> bool) -> Letter {
+        let dlq = self.dead_letter_reader(topic);
+        loop {
+            let letter = next_letter(&dlq).await;
+            if pred(&letter) {
+                return letter;
+            }
+        }
     }
 
     /// [`TestCluster::dead_letters_of`] the events topic.
     pub async fn dead_letters(&self, n: usize) -> Vec<Letter> {
         self.dead_letters_of(&self.topic, n).await
+    }
+
+    /// The handler folder every node of the cluster loads.
+    pub fn handlers_dir(&self) -> &Path {
+        &self.handlers
     }
 
     /// Write node `node`'s config and return its path.
@@ -296,6 +304,18 @@ impl TestCluster {
             .await
             .map_err(|(e, _)| e)
             .expect("publish");
+    }
+
+    /// Publish `n` unkeyed records of `value` to `topic`, all in flight at
+    /// once (a burst, as a hostile producer would send it).
+    pub async fn publish_burst(&self, topic: &str, value: &[u8], n: usize) {
+        let sends = (0..n).map(|_| {
+            let record = FutureRecord::<(), [u8]>::to(topic).payload(value);
+            self.producer.send(record, Duration::from_secs(60))
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent.map_err(|(e, _)| e).expect("publish");
+        }
     }
 
     /// Take part in Stalwart's traffic: a topic of this test's own standing
@@ -386,7 +406,17 @@ impl TestCluster {
         event: &Value,
         signer: &herald::trust::keys::NodeKey,
     ) {
-        let payload = event.to_string();
+        self.publish_signed_text(key, &event.to_string(), signer)
+            .await
+    }
+
+    /// [`TestCluster::publish_signed`] with the payload as written.
+    pub async fn publish_signed_text(
+        &self,
+        key: &str,
+        payload: &str,
+        signer: &herald::trust::keys::NodeKey,
+    ) {
         let sig = herald::trust::keys::signature_text(
             &signer.sign(Some(key.as_bytes()), payload.as_bytes()),
         );
@@ -463,6 +493,26 @@ fn merge(base: &mut Value, extra: &Value) {
             }
         }
         (b, e) => *b = e.clone(),
+    }
+}
+
+/// The next dead letter `dlq` reads, waited for up to a minute.
+async fn next_letter(dlq: &rdkafka::consumer::StreamConsumer) -> Letter {
+    use rdkafka::message::{Headers, Message};
+    let m = tokio::time::timeout(Duration::from_secs(60), dlq.recv())
+        .await
+        .expect("dead letter")
+        .unwrap();
+    let mut headers = std::collections::BTreeMap::new();
+    for header in m.headers().map(|h| h.iter().collect()).unwrap_or(vec![]) {
+        headers.insert(
+            header.key.to_string(),
+            String::from_utf8_lossy(header.value.unwrap_or_default()).to_string(),
+        );
+    }
+    Letter {
+        headers,
+        payload: m.payload().unwrap_or_default().to_vec(),
     }
 }
 
@@ -646,6 +696,23 @@ impl NodeProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Wait for the node to end by itself (a refusal to start); the
+    /// timeout only guards against a hang.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: still running after {timeout:?}",
+                self.node
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, and wait for the process to exit.
