@@ -145,6 +145,93 @@ pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     }
 }
 
+/// An IPv6 range whose addresses carry an IPv4 address: traffic from
+/// those addresses comes from (or goes to) that IPv4 host, so an IPv6
+/// network is only as harmless as every IPv4 range it covers.
+struct Embedding {
+    prefix: Ipv6Net,
+    /// Where the 32 bits of the IPv4 address start (from the left); none
+    /// when the range may stand for any IPv4 address (the local-use NAT64
+    /// prefix, whose layout its operator picks).
+    offset: Option<u8>,
+    /// Teredo stores its client's address with every bit inverted.
+    inverted: bool,
+    name: &'static str,
+}
+
+const fn v6net(addr: Ipv6Addr, prefix: u8) -> Ipv6Net {
+    Ipv6Net::new_assert(addr, prefix)
+}
+
+const EMBEDDINGS: [Embedding; 7] = [
+    Embedding {
+        prefix: v6net(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96),
+        offset: Some(96),
+        inverted: false,
+        name: "IPv4-mapped",
+    },
+    Embedding {
+        prefix: v6net(Ipv6Addr::UNSPECIFIED, 96),
+        offset: Some(96),
+        inverted: false,
+        name: "IPv4-compatible",
+    },
+    Embedding {
+        prefix: v6net(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96),
+        offset: Some(96),
+        inverted: false,
+        name: "NAT64",
+    },
+    Embedding {
+        prefix: v6net(Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
+        offset: None,
+        inverted: false,
+        name: "local-use NAT64",
+    },
+    Embedding {
+        prefix: v6net(Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16),
+        offset: Some(16),
+        inverted: false,
+        name: "6to4",
+    },
+    Embedding {
+        prefix: v6net(Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32),
+        offset: Some(32),
+        inverted: false,
+        name: "Teredo server",
+    },
+    Embedding {
+        prefix: v6net(Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32),
+        offset: Some(96),
+        inverted: true,
+        name: "Teredo client",
+    },
+];
+
+/// Every IPv4 range that `net` covers through an address format that
+/// carries IPv4 (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo), each
+/// with the format's name. `::fffe:0:0/95` covers all of IPv4 as mapped
+/// addresses; `2002:c000:200::/40` covers 192.0.2.0/24 as 6to4.
+pub fn embedded_v4(net: &Ipv6Net) -> impl Iterator<Item = (Ipv4Net, &'static str)> + '_ {
+    EMBEDDINGS.iter().filter_map(move |e| {
+        if !overlaps(&IpNet::V6(*net), &IpNet::V6(e.prefix)) {
+            return None;
+        }
+        let Some(offset) = e.offset else {
+            return Some((Ipv4Net::default(), e.name));
+        };
+        // The IPv4 bits that `net`'s prefix fixes: none when it ends
+        // before them, all 32 when it ends after.
+        let fixed = net.prefix_len().saturating_sub(offset).min(32);
+        let mut bits = (net.addr().to_bits() >> (96 - u32::from(offset))) as u32;
+        if e.inverted {
+            bits = !bits;
+        }
+        let v4 = Ipv4Net::new(Ipv4Addr::from_bits(bits), fixed).expect("prefix <= 32");
+        Some((v4.trunc(), e.name))
+    })
+}
+
 /// Whether `net` touches a loopback address (127.0.0.0/8, ::1), which no
 /// node may block on itself.
 pub fn touches_loopback(net: &IpNet) -> bool {
@@ -177,6 +264,50 @@ impl Allowlist {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn embedded(net: &str) -> Vec<(String, &'static str)> {
+        let IpNet::V6(net) = net.parse::<IpNet>().unwrap() else {
+            panic!("{net} is not IPv6")
+        };
+        embedded_v4(&net)
+            .map(|(v4, how)| (v4.to_string(), how))
+            .collect()
+    }
+
+    #[test]
+    fn ipv6_networks_are_seen_through_to_the_ipv4_they_carry() {
+        let all = |how| vec![("0.0.0.0/0".to_string(), how)];
+        assert_eq!(embedded("::fffe:0:0/95"), all("IPv4-mapped"));
+        assert_eq!(
+            embedded("::ffff:127.0.0.0/104"),
+            [("127.0.0.0/8".to_string(), "IPv4-mapped")]
+        );
+        assert_eq!(embedded("64:ff9b::/96"), all("NAT64"));
+        assert_eq!(
+            embedded("64:ff9b::a00:1/128"),
+            [("10.0.0.1/32".to_string(), "NAT64")]
+        );
+        assert_eq!(embedded("64:ff9b:1:abcd::/64"), all("local-use NAT64"));
+        assert_eq!(
+            embedded("2002:c000:200::/40"),
+            [("192.0.2.0/24".to_string(), "6to4")]
+        );
+        assert_eq!(embedded("2002::/15"), all("6to4"));
+        // Teredo: the server in bits 32-63, the client inverted at the end.
+        assert_eq!(
+            embedded("2001:0:4136:e378:8000:63bf:3fff:fdd2/128"),
+            [
+                ("65.54.227.120/32".to_string(), "Teredo server"),
+                ("192.0.2.45/32".to_string(), "Teredo client"),
+            ]
+        );
+        // ::/64 holds the IPv4-compatible, mapped and NAT64-free ranges.
+        let wide = embedded("::/64");
+        assert!(wide.contains(&("0.0.0.0/0".to_string(), "IPv4-mapped")));
+        assert!(wide.contains(&("0.0.0.0/0".to_string(), "IPv4-compatible")));
+        assert!(embedded("2001:db8::/32").is_empty());
+        assert!(embedded("2a00:1450::/32").is_empty());
+    }
 
     #[test]
     fn canonical_ipv4_text_is_what_fmt_writes() {

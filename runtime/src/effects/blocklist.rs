@@ -397,6 +397,23 @@ impl Blocklist {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", journal.display())),
         }
+        // What the files hold is checked like any block: a hand-edited or
+        // damaged file, or a policy tightened since the entry was written,
+        // must not reach the firewall at start-up. A refused entry is
+        // dropped, and the drop journaled at the next flush.
+        let refused: Vec<(IpNet, Refusal)> = state
+            .entries
+            .keys()
+            .filter_map(|net| policy.check(net).err().map(|why| (*net, why)))
+            .collect();
+        for (net, why) in refused {
+            tracing::warn!(dir = %dir.display(), network = %canonical(&net), error = %why,
+                "dropping a blocklist entry from disk that the policy refuses");
+            metrics::counter!("herald_blocklist_refused_at_load_total").increment(1);
+            state.entries.remove(&net);
+            state.pending.push(Change::Unblock(net, None));
+            state.generation += 1;
+        }
         state.stale_export = true;
         Ok(Blocklist {
             dir: dir.to_path_buf(),
@@ -1079,5 +1096,43 @@ mod tests {
         );
         assert!(again.check("10.0.0.5".parse().unwrap(), 0).is_none());
         assert!(again.check("10.0.11.183".parse().unwrap(), 0).is_some());
+    }
+
+    #[test]
+    fn entries_on_disk_are_checked_against_the_policy_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Blocklist::open(dir.path()).unwrap();
+        b.block("203.0.113.7", "kept", None).unwrap();
+        b.block("198.51.100.0/24", "kept until the policy tightens", None)
+            .unwrap();
+        b.flush().unwrap();
+        drop(b);
+        // What a hand edit, a damaged disk or an older herald could leave:
+        // lines no policy of today's would let in.
+        let journal = dir.path().join("blocklist.journal");
+        let mut text = std::fs::read_to_string(&journal).unwrap();
+        for net in ["0.0.0.0/0", "::fffe:0:0/95", "127.0.0.1"] {
+            text.push_str(&format!(
+                "{{\"op\":\"block\",\"network\":\"{net}\",\"reason\":\"x\"}}\n"
+            ));
+        }
+        std::fs::write(&journal, text).unwrap();
+        let strict = Policy {
+            min_prefix_v4: 25,
+            ..Policy::default()
+        };
+        let b = Blocklist::open_with(dir.path(), strict.clone()).unwrap();
+        let held: Vec<String> = b.list(0).into_iter().map(|e| e.network).collect();
+        assert_eq!(held, ["203.0.113.7"]);
+        assert!(b.check("::ffff:127.0.0.1".parse().unwrap(), 0).is_none());
+        b.export(true).unwrap();
+        let exported = std::fs::read_to_string(dir.path().join("blocklist.txt")).unwrap();
+        assert_eq!(exported.trim(), "203.0.113.7");
+        // The drops are journaled: even under the old policy they stay gone.
+        b.flush().unwrap();
+        drop(b);
+        let b = Blocklist::open(dir.path()).unwrap();
+        let held: Vec<String> = b.list(0).into_iter().map(|e| e.network).collect();
+        assert_eq!(held, ["203.0.113.7"]);
     }
 }

@@ -8,11 +8,13 @@
 //! addresses, the brokers', or the deployer's `blocklist.protect` list, and
 //! never a network wider than `blocklist.minPrefixV4` / `minPrefixV6`. An
 //! IPv4-mapped IPv6 network (`::ffff:a.b.c.d/n`) is judged as the IPv4
-//! network it stands for. Unblocking is never refused.
+//! network it stands for, and any IPv6 network that covers addresses
+//! carrying IPv4 (mapped, compatible, NAT64, 6to4, Teredo) is also judged
+//! by each IPv4 range it covers. Unblocking is never refused.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use herald_guest::net::{overlaps, unmap};
+use herald_guest::net::{embedded_v4, overlaps, unmap};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The blocklist's limits (`blocklist` in the config).
@@ -62,6 +64,16 @@ pub enum Refusal {
         prefix: u8,
         min: u8,
         setting: &'static str,
+    },
+    #[error(
+        "refusing to block {network}: it covers {carried} as {how} addresses, wider than the \
+         blocklist allows (blocklist.minPrefixV4 = {min})"
+    )]
+    Embeds {
+        network: String,
+        carried: Ipv4Net,
+        how: String,
+        min: u8,
     },
     #[error("refusing to block {network}: the blocklist is full (blocklist.maxEntries = {max})")]
     Full { network: String, max: usize },
@@ -128,6 +140,42 @@ impl Policy {
                 setting,
             });
         }
+        if let IpNet::V6(v6) = judged {
+            // An IPv6 network is judged by every IPv4 range it carries too
+            // (`::fffe:0:0/95` holds all of IPv4 as mapped addresses, which
+            // dual-stack sockets report IPv4 clients as), by the same rules.
+            for (v4, how) in embedded_v4(&v6) {
+                self.check_embedded(net, v4, how)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The IPv4 rules for `v4`, which `net` covers as `how` addresses.
+    fn check_embedded(&self, net: &IpNet, v4: Ipv4Net, how: &str) -> Result<(), Refusal> {
+        let carried = IpNet::V4(v4);
+        let protected = RESERVED.iter().map(|(range, what)| (range, *what)).chain(
+            self.protect
+                .iter()
+                .map(|(range, what)| (range, what.as_str())),
+        );
+        for (range, what) in protected {
+            if overlaps(&carried, range) {
+                return Err(Refusal::Protected {
+                    network: herald_guest::net::canonical(net),
+                    what: format!("{what} as {how} addresses"),
+                    range: *range,
+                });
+            }
+        }
+        if v4.prefix_len() < self.min_prefix_v4 {
+            return Err(Refusal::Embeds {
+                network: herald_guest::net::canonical(net),
+                carried: v4,
+                how: how.to_string(),
+                min: self.min_prefix_v4,
+            });
+        }
         Ok(())
     }
 
@@ -169,6 +217,17 @@ mod tests {
             "ff02::1",
             "::ffff:127.0.0.1",
             "::ffff:0:0/96",
+            "::fffe:0:0/95",
+            "::/64",
+            "64:ff9b::/96",
+            "64:ff9b::7f00:1",
+            "64:ff9b::/64",
+            "64:ff9b:1::/48",
+            "2002::/16",
+            "2002:7f00:1::/48",
+            "2002:c000::/20",
+            "2001::/32",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
             "128.0.0.0/1",
             "64.0.0.0/3",
             "126.0.0.0/8",
@@ -184,6 +243,9 @@ mod tests {
             "2001:db8::/32",
             "2001:db8::1",
             "::ffff:203.0.113.7",
+            "64:ff9b::cb00:7107",
+            "2002:cb00:7100::/40",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert_eq!(check(&p, good), Ok(()), "{good}");
         }

@@ -5,8 +5,9 @@
 //!
 //! An endpoint's host is resolved by [`Guarded`], the client's only
 //! resolver, which refuses the name when any of its addresses is loopback,
-//! private, link-local, unique-local, CGNAT, unspecified, multicast or an
-//! IPv4-mapped form of those; the connection then goes to the addresses it
+//! private, link-local, unique-local, site-local, CGNAT, unspecified,
+//! multicast, or an IPv6 form that carries such an IPv4 address (mapped,
+//! compatible, NAT64, 6to4, Teredo; any local-use NAT64 address); the connection then goes to the addresses it
 //! checked, so a name cannot resolve to a public address for the check and
 //! to a private one for the connection. A literal address in the URL is
 //! checked the same way before any request. `push.allowPrivate` (for test
@@ -20,10 +21,23 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => forbidden_v4(v4).map(|_| "an IPv4-mapped private address"),
-            None => forbidden_v6(v6),
-        },
+        IpAddr::V6(v6) => forbidden_v6(v6).or_else(|| {
+            // An address that carries an IPv4 address reaches that host
+            // (through a NAT64 gateway, a 6to4 or Teredo relay, or the
+            // node's own dual-stack socket): judged by it too.
+            let host = ipnet::Ipv6Net::from(v6);
+            herald_guest::net::embedded_v4(&host).find_map(|(v4, how)| {
+                let private = v4.prefix_len() < 32 || forbidden_v4(v4.addr()).is_some();
+                private.then_some(match how {
+                    "IPv4-mapped" => "an IPv4-mapped private address",
+                    "IPv4-compatible" => "an IPv4-compatible private address",
+                    "NAT64" => "a NAT64 address of a private IPv4 address",
+                    "local-use NAT64" => "a local-use NAT64 address",
+                    "6to4" => "a 6to4 address of a private IPv4 address",
+                    _ => "a Teredo address of a private IPv4 address",
+                })
+            })
+        }),
     }
 }
 
@@ -56,6 +70,8 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("a link-local address")
     } else if first & 0xfe00 == 0xfc00 {
         Some("a unique-local address")
+    } else if first & 0xffc0 == 0xfec0 {
+        Some("a site-local address")
     } else if ip.is_multicast() {
         Some("a multicast address")
     } else {
@@ -127,10 +143,27 @@ mod tests {
             "ff02::1",
             "::ffff:10.0.0.1",
             "::ffff:127.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::808:808",
+            "::10.0.0.1",
+            "::127.0.0.1",
+            "2002:c0a8:101::1",
+            "2002:a00:1::1",
+            "fec0::1",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
         ] {
             assert!(forbidden(bad.parse().unwrap()).is_some(), "{bad}");
         }
-        for good in ["203.0.113.7", "8.8.8.8", "2001:db8::1", "::ffff:8.8.8.8"] {
+        for good in [
+            "203.0.113.7",
+            "8.8.8.8",
+            "2001:db8::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "2a00:1450:4001::200e",
+        ] {
             assert_eq!(forbidden(good.parse().unwrap()), None, "{good}");
         }
     }
