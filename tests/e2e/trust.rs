@@ -145,6 +145,17 @@ async fn only_trusted_publishers_change_nodes() {
     cluster
         .publish_signed("domain:mail.example.com", &plaintext, &acme)
         .await;
+    // The same with the key's PEM label written with a JSON escape: what
+    // counts is what the record decodes to, not how its bytes spell it.
+    let mut escaped = herald_tests::ec_certificate("plaintext-escaped", "other.key");
+    escaped["ts"] = json!(now);
+    let escaped = escaped
+        .to_string()
+        .replace("PRIVATE KEY", "PRIVATE\\u0020KEY");
+    assert!(escaped.contains("PRIVATE\\u0020KEY"));
+    cluster
+        .publish_signed_text("domain:mail.example.com", &escaped, &acme)
+        .await;
 
     // Applied on every node: both operator keys, and a certificate rolled
     // out the way an ACME deploy hook does it, signed by the ACME key.
@@ -252,8 +263,8 @@ async fn only_trusted_publishers_change_nodes() {
         assert!(n.state.join("certs/mail.example.com/privkey.pem").exists());
     }
 
-    // Six refusals on each of the two nodes, each named.
-    let letters = cluster.dead_letters(12).await;
+    // Seven refusals on each of the two nodes, each named.
+    let letters = cluster.dead_letters(14).await;
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for l in &letters {
         let error = l.header("herald-error");
@@ -270,10 +281,10 @@ async fn only_trusted_publishers_change_nodes() {
         "bad-signature",
         "kind-not-allowed",
         "too-old",
-        "plaintext-key",
     ]
     .iter()
     .map(|r| (r.to_string(), 2))
+    .chain([("plaintext-key".to_string(), 4)])
     .collect();
     assert_eq!(reasons, expected);
     for n in &nodes {
@@ -305,9 +316,18 @@ async fn only_trusted_publishers_change_nodes() {
         );
     }
     let dead = cluster.read_all(&format!("{}.dlq", cluster.topic));
-    assert_eq!(dead.len(), 12);
+    assert_eq!(dead.len(), 14);
+    let other_body: String = cert_fixture("other.key")
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
     for record in dead {
-        assert!(!String::from_utf8_lossy(&record).contains("PRIVATE KEY"));
+        let text = String::from_utf8_lossy(&record).replace("\\n", "");
+        assert!(!text.contains("PRIVATE KEY"));
+        assert!(
+            !text.contains(&other_body[..40]),
+            "a dead letter holds the plaintext key"
+        );
     }
     for n in &nodes {
         assert!(!n.log_text().contains("PRIVATE KEY"), "{}'s log", n.node);

@@ -13,6 +13,8 @@
 //! k.. are offered again (not only k), so a later event of the same entity is
 //! never left applied before an earlier one.
 
+mod secrets;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -139,11 +141,8 @@ impl RecentLetters {
     }
 }
 
-/// Whether `bytes` hold a PEM private key (`-----BEGIN … PRIVATE KEY-----`).
-fn holds_private_key(bytes: &[u8]) -> bool {
-    const MARK: &[u8] = b"PRIVATE KEY-----";
-    bytes.windows(MARK.len()).any(|w| w == MARK)
-}
+/// Dead letters of one batch written at once (see `Dispatcher::dead_letter_all`).
+const LETTERS_IN_FLIGHT: usize = 64;
 
 /// Default of `publish.maxHops`.
 pub const DEFAULT_MAX_HOPS: u32 = 4;
@@ -158,6 +157,9 @@ impl Dispatcher {
     ) -> Result<(), Abandoned> {
         let handlers = self.handlers.current();
         let mut events = Vec::with_capacity(records.len());
+        // Records that never became events, with why: their letters go out
+        // together at the end of the batch (below).
+        let mut undecodable: Vec<(&Record, String)> = Vec::new();
         for record in records {
             // Decoded straight onto the batch's events; this record's are
             // those past `start`.
@@ -185,22 +187,52 @@ impl Dispatcher {
                     .await?;
                 events.drain(..start);
             }
-            match failure {
-                None => {}
-                Some(error) => {
-                    let letter = DeadLetter {
-                        original: record,
-                        handler: None,
-                        error,
-                        attempts: 0,
-                        payload: record.value.clone().unwrap_or_default(),
-                        payload_dropped: None,
-                    };
-                    self.dead_letter(letter, stop).await?;
-                }
+            if let Some(error) = failure {
+                undecodable.push((record, error));
             }
         }
-        self.run_all(&handlers, &events, records, stop).await
+        self.run_all(&handlers, &events, records, stop).await?;
+        // The letters are made a window at a time, so that at most
+        // LETTERS_IN_FLIGHT payloads are copied at once.
+        for window in undecodable.chunks(LETTERS_IN_FLIGHT) {
+            let mut letters = Vec::with_capacity(window.len());
+            for (record, error) in window {
+                letters.push(DeadLetter {
+                    original: record,
+                    handler: None,
+                    error: error.clone(),
+                    attempts: 0,
+                    payload: record.value.clone().unwrap_or_default(),
+                    payload_dropped: None,
+                });
+            }
+            self.dead_letter_all(letters, stop).await?;
+        }
+        Ok(())
+    }
+
+    /// Send `letters`, several in flight at once: a burst of junk or of
+    /// rejected events costs a few broker round trips, not one per record.
+    /// Their order does not matter (nothing was applied for them); all are
+    /// written before this returns, so before the offsets are committed.
+    async fn dead_letter_all(
+        &self,
+        letters: Vec<DeadLetter<'_>>,
+        stop: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        use futures::StreamExt;
+        let mut waiting = letters.into_iter();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        loop {
+            while in_flight.len() < LETTERS_IN_FLIGHT {
+                let Some(letter) = waiting.next() else { break };
+                in_flight.push(self.dead_letter(letter, stop));
+            }
+            match in_flight.next().await {
+                Some(sent) => sent?,
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Every handler over the events it subscribes to, handler by handler.
@@ -254,6 +286,7 @@ impl Dispatcher {
                     // Counted once per call: a metric lookup per event
                     // costs more than the event's own bookkeeping.
                     let mut handled = 0;
+                    let mut rejected = Vec::new();
                     for (i, outcome) in outcomes.into_iter().enumerate() {
                         match outcome {
                             Outcome::Ok => handled += 1,
@@ -266,9 +299,13 @@ impl Dispatcher {
                                 );
                                 handled = 0;
                                 count("herald_events_rejected_total", name, &stats.rejected);
-                                let letter =
-                                    self.letter(chunk[i], records, name, reason, attempts + 1);
-                                self.dead_letter(letter, stop).await?;
+                                rejected.push(self.letter(
+                                    chunk[i],
+                                    records,
+                                    name,
+                                    reason,
+                                    attempts + 1,
+                                ));
                             }
                             Outcome::Retry(reason) => {
                                 retry_at = Some((i, reason));
@@ -277,6 +314,7 @@ impl Dispatcher {
                         }
                     }
                     count_n("herald_events_handled_total", name, &stats.handled, handled);
+                    self.dead_letter_all(rejected, stop).await?;
                     match retry_at {
                         None => {
                             next = end;
@@ -371,10 +409,10 @@ impl Dispatcher {
         letter.error = crate::bounded::reason(letter.error);
         // A plaintext private key never reaches the dead-letter topic or the
         // log, whoever put it in the record or the error.
-        if holds_private_key(letter.error.as_bytes()) {
+        if secrets::text_holds_key(&letter.error) {
             letter.error = "[an error text that held a private key, withheld]".into();
         }
-        if holds_private_key(&letter.payload) {
+        if secrets::payload_holds_key(&letter.payload) {
             letter.error += " (payload withheld: it holds a plaintext private key)";
             letter.payload_dropped = Some(letter.payload.len());
             letter.payload = Vec::new();
