@@ -35,6 +35,7 @@ pub mod event;
 pub(crate) mod kafka;
 pub mod manifest;
 pub mod node;
+pub(crate) mod perms;
 pub(crate) mod registry;
 pub mod sandbox;
 pub mod trust;

@@ -78,6 +78,8 @@ pub struct Registry {
 
 /// The `.wasm` files of a folder, sorted so that load order is stable.
 pub fn components(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    // Whoever may write the folder decides what every event does here.
+    crate::perms::check_trusted(dir).context("the handler folder")?;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the handler folder {}", dir.display()))?
@@ -156,6 +158,20 @@ impl Registry {
                 report
                     .unchanged
                     .push(seen[&path].loaded.manifest.name.clone());
+                continue;
+            }
+            let trusted = crate::perms::check_trusted(&path).and_then(|()| {
+                let manifest = Manifest::path_for(&path);
+                match manifest.exists() {
+                    true => crate::perms::check_trusted(&manifest),
+                    false => Ok(()),
+                }
+            });
+            if let Err(e) = trusted {
+                let error = format!("{e:#}");
+                tracing::error!(file = %path.display(), error = %error,
+                    "handler not loaded; any previous version keeps running");
+                report.failed.push((path.display().to_string(), error));
                 continue;
             }
             match self.sandbox.load_file(&path) {

@@ -33,7 +33,7 @@ pub struct NodeEffects {
     push: PushClient,
     publisher: Arc<dyn Publisher>,
     /// Opens sealed TLS private keys (`certificates.identityFile`).
-    unsealer: Option<Unsealer>,
+    unsealer: Option<Arc<Unsealer>>,
     /// Run after each install (`certificates.hooks`).
     hooks: Hooks,
 }
@@ -45,10 +45,11 @@ impl NodeEffects {
     pub fn open(config: &Config, publisher: Arc<dyn Publisher>) -> anyhow::Result<Self> {
         let state_dir = &config.state_dir;
         let unsealer = match &config.certificates.identity_file {
-            Some(path) => Some(
-                Unsealer::load(path)
-                    .map_err(|e| anyhow::anyhow!("certificates.identityFile: {e:#}"))?,
-            ),
+            Some(path) => {
+                Some(Arc::new(Unsealer::load(path).map_err(|e| {
+                    anyhow::anyhow!("certificates.identityFile: {e:#}")
+                })?))
+            }
             None => None,
         };
         Ok(NodeEffects {
@@ -142,45 +143,42 @@ fn stale(
 /// The most domains one certificate may be installed for.
 pub const MAX_CERT_DOMAINS: usize = 100;
 
-impl NodeEffects {
-    /// The plaintext of a key sealed to the cluster; a plaintext key as it
-    /// is. Only here, in the host, is a sealed key ever opened: handlers see
-    /// it sealed, and the plaintext goes nowhere but the certificate store.
-    fn unseal(&self, key_pem: String) -> Result<String, EffectError> {
-        if !herald_guest::x509::is_sealed(&key_pem) {
-            return Ok(key_pem);
-        }
-        let Some(unsealer) = &self.unsealer else {
-            return Err(EffectError::Invalid(
-                "the private key is sealed and this node has no certificates.identityFile \
-                 to open it"
-                    .into(),
-            ));
-        };
-        unsealer.unseal(&key_pem).map_err(EffectError::Invalid)
+/// The plaintext of a key sealed to the cluster; a plaintext key as it is.
+/// Only here, in the host, is a sealed key ever opened: handlers see it
+/// sealed, and the plaintext goes nowhere but the certificate store.
+fn unseal(unsealer: Option<&Unsealer>, key_pem: String) -> Result<String, EffectError> {
+    if !herald_guest::x509::is_sealed(&key_pem) {
+        return Ok(key_pem);
     }
+    let Some(unsealer) = unsealer else {
+        return Err(EffectError::Invalid(
+            "the private key is sealed and this node has no certificates.identityFile \
+             to open it"
+                .into(),
+        ));
+    };
+    unsealer.unseal(&key_pem).map_err(EffectError::Invalid)
+}
 
-    /// Check a certificate as the handler should have, and more: the chain
-    /// and key parse and match, the leaf is valid now and covers every
-    /// domain, there are not too many domains. Answers the leaf's own
-    /// notAfter (Unix ms), whatever was claimed. (Which certificate wins
-    /// for a domain, by version or by notAfter, is the store's rule.)
-    fn check_certificate(
-        &self,
-        domains: &[String],
-        chain_pem: &str,
-        key_pem: &str,
-    ) -> Result<u64, EffectError> {
-        if domains.len() > MAX_CERT_DOMAINS {
-            return Err(EffectError::Invalid(format!(
-                "a certificate may be installed for at most {MAX_CERT_DOMAINS} domains, not {}",
-                domains.len()
-            )));
-        }
-        let now = (crate::event::now_ms() / 1000) as i64;
-        herald_guest::x509::check(domains, chain_pem, key_pem, now)
-            .map_err(|e| EffectError::Invalid(crate::bounded::reason(e)))
+/// Check a certificate as the handler should have, and more: the chain
+/// and key parse and match, the leaf is valid now and covers every domain,
+/// there are not too many domains. Answers the leaf's own notAfter (Unix
+/// ms), whatever was claimed. (Which certificate wins for a domain, by
+/// version or by notAfter, is the store's rule.)
+fn check_certificate(
+    domains: &[String],
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<u64, EffectError> {
+    if domains.len() > MAX_CERT_DOMAINS {
+        return Err(EffectError::Invalid(format!(
+            "a certificate may be installed for at most {MAX_CERT_DOMAINS} domains, not {}",
+            domains.len()
+        )));
     }
+    let now = (crate::event::now_ms() / 1000) as i64;
+    herald_guest::x509::check(domains, chain_pem, key_pem, now)
+        .map_err(|e| EffectError::Invalid(crate::bounded::reason(e)))
 }
 
 impl Effects for NodeEffects {
@@ -282,17 +280,30 @@ impl Effects for NodeEffects {
                     chain_pem,
                     private_key_pem,
                 } => {
-                    let private_key_pem = self.unseal(private_key_pem)?;
-                    let not_after =
-                        self.check_certificate(&domains, &chain_pem, &private_key_pem)?;
-                    let report = self.certificates.install_at(
-                        &domains,
-                        &chain_pem,
-                        &private_key_pem,
-                        not_after,
-                        version.as_ref(),
-                        false,
-                    )?;
+                    // Opening the key, parsing the chain and syncing the
+                    // files is blocking work: off the runtime's workers, so
+                    // that the call's deadline still ends the call (the
+                    // install then completes by itself, and a retry finds it
+                    // done).
+                    let (unsealer, store) = (self.unsealer.clone(), self.certificates.clone());
+                    let (names, v) = (domains.clone(), version.clone());
+                    let (not_after, report) = tokio::task::spawn_blocking(move || {
+                        let key = unseal(unsealer.as_deref(), private_key_pem)?;
+                        let not_after = check_certificate(&names, &chain_pem, &key)?;
+                        let report = store.install_at(
+                            &names,
+                            &chain_pem,
+                            &key,
+                            not_after,
+                            v.as_ref(),
+                            false,
+                        )?;
+                        Ok::<_, EffectError>((not_after, report))
+                    })
+                    .await
+                    .map_err(|e| {
+                        EffectError::Transient(format!("the install did not finish: {e}"))
+                    })??;
                     for name in &report.stale {
                         metrics::counter!("herald_stale_total", "kind" => "tls-certificate")
                             .increment(1);

@@ -8,8 +8,10 @@
 //! loads code compiled for another.
 //!
 //! Deserialising a `.cwasm` runs its code natively: the cache directory must
-//! be writable by herald alone. A corrupt or stale entry is compiled again
-//! and replaced.
+//! be writable by herald alone (or root), and so must each file; a cache
+//! that others may write is not used, a file that others may write is not
+//! loaded (`crate::perms`). A corrupt or stale entry is compiled again and
+//! replaced.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -25,9 +27,19 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// The cache in `dir`, created (for herald's user alone) if missing.
+    /// A folder that others may write is refused: what it holds would run
+    /// as herald.
     pub fn new(engine: &Engine, dir: PathBuf) -> anyhow::Result<Cache> {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create the compile cache {}", dir.display()))?;
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("cannot create the compile cache {}", dir.display()))?;
+        }
+        crate::perms::check_trusted(&dir).context("the compile cache")?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         Ok(Cache {
@@ -50,12 +62,17 @@ impl Cache {
     ) -> anyhow::Result<(Component, bool)> {
         let path = self.path(digest);
         if path.exists() {
-            // SAFETY: the file was written by `store` below from bytes that
-            // wasmtime compiled, in a directory only herald writes to.
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(c) => return Ok((c, true)),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e,
-                    "discarding unusable compiled component"),
+            match crate::perms::check_trusted_file(&path) {
+                // SAFETY: the file was written by `store` below from bytes
+                // that wasmtime compiled, in a directory only herald (or
+                // root) may write to, and nobody else may write the file.
+                Ok(()) => match unsafe { Component::deserialize_file(engine, &path) } {
+                    Ok(c) => return Ok((c, true)),
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                        "discarding unusable compiled component"),
+                },
+                Err(e) => tracing::warn!(error = %format!("{e:#}"),
+                    "not loading a compiled component others may have written; compiling again"),
             }
         }
         let component = Component::new(engine, wasm)?;

@@ -29,6 +29,8 @@ pub struct HostState {
     pub(super) manifest: Arc<crate::manifest::Manifest>,
     /// The events of the call in progress (id, hops), for `publish`.
     pub(super) causes: Vec<(String, u32)>,
+    /// How many events the call in progress handles.
+    pub(super) call_events: u32,
     /// The versions of the entities the call's events write, for the
     /// blocklist and certificate effects.
     pub(super) versions: Versions,
@@ -96,7 +98,14 @@ pub(crate) struct CallBudget {
     published: u32,
     /// Events published per cause (index into `causes`).
     per_cause: std::collections::HashMap<usize, u32>,
+    /// IDLE wake-ups asked for in this call.
+    notified: u32,
 }
+
+/// IDLE wake-ups a call may ask for per event it handles: a state change
+/// wakes one account, so a call that asks for many more is waking
+/// sessions that its events are not about.
+const NOTIFIES_PER_EVENT: u32 = 4;
 
 impl CallBudget {
     pub(super) fn reset(&mut self) {
@@ -196,7 +205,19 @@ impl config::Host for HostState {
 impl idle::Host for HostState {
     fn notify(&mut self, account_id: u32, change_id: u64, types: wit::DataTypes) {
         // IDLE wake-ups are best effort by nature: a subscriber that is gone
-        // has nothing to wake, so the handler is not told.
+        // has nothing to wake, so the handler is not told, nor when the
+        // call's budget is spent (one call must not wake every session).
+        let budget = NOTIFIES_PER_EVENT.saturating_mul(self.call_events.max(1));
+        self.budget.notified += 1;
+        if self.budget.notified > budget {
+            if self.budget.notified == budget + 1 {
+                tracing::warn!(handler = %self.handler, budget,
+                    "a call asked for more IDLE wake-ups than its events account for; ignoring the rest");
+            }
+            metrics::counter!("herald_idle_notify_refused_total", "handler" => self.handler.to_string())
+                .increment(1);
+            return;
+        }
         let _ = self.apply_now(Effect::IdleNotify {
             account_id,
             change_id,

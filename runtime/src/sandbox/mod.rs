@@ -259,7 +259,14 @@ impl Sandbox {
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
 
         let cache = match cfg.cache_dir {
-            Some(dir) => Some(cache::Cache::new(&engine, dir)?),
+            Some(dir) => match cache::Cache::new(&engine, dir) {
+                Ok(cache) => Some(cache),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"),
+                        "compiling every component afresh, without a cache");
+                    None
+                }
+            },
             None => None,
         };
 
@@ -424,6 +431,7 @@ impl Sandbox {
             budget: host::CallBudget::default(),
             manifest: handler.manifest.clone(),
             causes: Vec::new(),
+            call_events: 0,
             versions: Default::default(),
             stdout,
             stderr,
@@ -486,6 +494,7 @@ impl Session {
         set_deadline(&mut self.store, self.deadline);
         let state = self.store.data_mut();
         state.budget.reset();
+        state.call_events = events.len() as u32;
         // Only a publish looks up its cause: a handler whose manifest lists
         // nothing to publish is spared a copy of every event's id.
         state.causes.clear();

@@ -209,12 +209,27 @@ fn decode_cache_invalidate(r: &mut Reader<'_>) -> Result<Body, DecodeError> {
     // the bytes left is certainly wrong; `length` rejects it before anything
     // is allocated for it, which bounds the allocation by the record's size.
     let count = r.length("cache item count")?;
+    if count > MAX_CACHE_ITEMS {
+        // A list this long costs every handler more than it saves: the
+        // items are read (the record's next event starts after them) but
+        // not kept, and the event becomes "invalidate everything", which
+        // covers them all. A hostile 900 KB record stays a small event.
+        for _ in 0..count {
+            decode_cache_item(r)?;
+        }
+        metrics::counter!("herald_stalwart_cache_lists_folded_total").increment(1);
+        return Ok(cache_invalidate_all(CacheScope::All));
+    }
     let mut items = Vec::with_capacity(count);
     for _ in 0..count {
         items.push(decode_cache_item(r)?);
     }
     Ok(Body::CacheInvalidate(CacheInvalidate { items }))
 }
+
+/// The most items one `cache-invalidate` event keeps; a longer list is
+/// read as `cache-invalidate-all`.
+pub const MAX_CACHE_ITEMS: usize = 1024;
 
 fn decode_cache_item(r: &mut Reader<'_>) -> Result<CacheItem, DecodeError> {
     let marker_offset = r.pos;

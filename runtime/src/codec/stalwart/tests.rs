@@ -596,3 +596,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_cache_list_too_long_for_one_event_invalidates_everything() {
+    let long = Body::CacheInvalidate(CacheInvalidate {
+        items: (0..read::MAX_CACHE_ITEMS as u32 + 1)
+            .map(|id| CacheItem::from_marker(1, id).unwrap())
+            .collect(),
+    });
+    let after = Body::CacheInvalidate(CacheInvalidate {
+        items: vec![CacheItem::from_marker(1, 7).unwrap()],
+    });
+    let raw = encode(&Record {
+        node_id: 3,
+        events: vec![long, after.clone()],
+    })
+    .unwrap();
+    let d = decode(&raw).unwrap();
+    assert_eq!(d.error, None);
+    // Folded into one small event, and the record's next event still read.
+    assert_eq!(d.events, vec![cache_invalidate_all(CacheScope::All), after]);
+}

@@ -6,13 +6,16 @@
 //! (fail, hang, crash) never undoes the install. Each run has a timeout,
 //! after which the command is killed; its result is logged and counted in
 //! `herald_cert_hooks_total{hook,result}`. Runs of one hook never overlap:
-//! a server is not reloaded twice at the same time.
+//! a server is not reloaded twice at the same time. The runs waiting are
+//! bounded: one per hook and domain (an install that comes while that
+//! domain's run waits joins it, since the run reloads what is installed by
+//! then), at most [`MAX_WAITING`] domains per hook.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::oneshot;
 
 /// One hook as configured (`certificates.hooks[]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,10 +71,26 @@ pub struct Installed {
     pub not_after: u64,
 }
 
-/// The configured hooks, each with the lock that keeps its runs apart.
+/// The configured hooks, each with its queue.
 #[derive(Default)]
 pub struct Hooks {
-    hooks: Vec<(Hook, Arc<Mutex<()>>)>,
+    hooks: Vec<(Hook, Arc<Mutex<Queue>>)>,
+}
+
+/// The most domains one hook may have waiting; past it the oldest waiting
+/// run is dropped (and counted), so a flood of installs cannot grow the
+/// node's memory.
+pub const MAX_WAITING: usize = 1024;
+
+/// One hook's runs to come: at most one per domain (a run reloads what is
+/// installed *now*, so installs that arrive while a run waits join it),
+/// each with whoever waits for its result.
+#[derive(Default)]
+struct Queue {
+    running: bool,
+    waiting: std::collections::BTreeMap<String, (Installed, Vec<oneshot::Sender<Ran>>)>,
+    /// The order in which the waiting domains came, oldest first.
+    order: std::collections::VecDeque<String>,
 }
 
 impl Hooks {
@@ -79,21 +98,22 @@ impl Hooks {
         Hooks {
             hooks: hooks
                 .into_iter()
-                .map(|h| (h, Arc::new(Mutex::new(()))))
+                .map(|h| (h, Arc::new(Mutex::new(Queue::default()))))
                 .collect(),
         }
     }
 
-    /// Start the hooks for a completed install, in the background; `paths`
-    /// gives the installed files of a domain. Returns the runs, for tests.
+    /// Queue the hooks for a completed install, to run in the background;
+    /// `paths` gives the installed files of a domain. Returns where each
+    /// run's result will come (for tests).
     pub fn after_install(
         &self,
         domains: &[String],
         not_after: u64,
         paths: impl Fn(&str) -> (PathBuf, PathBuf),
-    ) -> Vec<tokio::task::JoinHandle<Ran>> {
-        let mut runs = Vec::new();
-        for (hook, lock) in &self.hooks {
+    ) -> Vec<oneshot::Receiver<Ran>> {
+        let mut results = Vec::new();
+        for (hook, queue) in &self.hooks {
             let Some(domain) = hook.matches(domains) else {
                 continue;
             };
@@ -104,25 +124,74 @@ impl Hooks {
                 privkey,
                 not_after,
             };
-            let (hook, lock, domain) = (hook.clone(), lock.clone(), domain.clone());
-            runs.push(tokio::spawn(async move {
-                let _one_at_a_time = lock.lock().await;
-                let ran = run(&hook, &domain, &installed).await;
-                metrics::counter!("herald_cert_hooks_total", "hook" => hook.name.clone(),
-                    "result" => ran.label())
-                .increment(1);
-                match &ran {
-                    Ran::Ok => tracing::info!(hook = hook.name, domain, "certificate hook ran"),
-                    Ran::Failed(why) => tracing::warn!(hook = hook.name, domain, error = %why,
-                        "certificate hook failed; the certificate stays installed"),
-                    Ran::TimedOut => tracing::warn!(hook = hook.name, domain,
-                        timeout = ?hook.timeout, "certificate hook timed out and was killed; \
-                        the certificate stays installed"),
+            let (tx, rx) = oneshot::channel();
+            results.push(rx);
+            let mut q = queue.lock().unwrap();
+            match q.waiting.get_mut(domain) {
+                Some((waiting, senders)) => {
+                    *waiting = installed;
+                    senders.push(tx);
+                    metrics::counter!("herald_cert_hooks_joined_total", "hook" => hook.name.clone())
+                        .increment(1);
                 }
-                ran
-            }));
+                None => {
+                    q.waiting.insert(domain.clone(), (installed, vec![tx]));
+                    q.order.push_back(domain.clone());
+                    if q.order.len() > MAX_WAITING
+                        && let Some(oldest) = q.order.pop_front()
+                    {
+                        q.waiting.remove(&oldest);
+                        tracing::warn!(
+                            hook = hook.name,
+                            domain = oldest,
+                            "too many certificate hook runs waiting; dropping the oldest"
+                        );
+                        metrics::counter!("herald_cert_hooks_dropped_total", "hook" => hook.name.clone())
+                            .increment(1);
+                    }
+                }
+            }
+            if !q.running {
+                q.running = true;
+                tokio::spawn(drain(hook.clone(), queue.clone()));
+            }
         }
-        runs
+        results
+    }
+}
+
+/// Run `hook` for each waiting domain in turn, one at a time (a server is
+/// not reloaded twice at once), until none waits.
+async fn drain(hook: Hook, queue: Arc<Mutex<Queue>>) {
+    loop {
+        let next = {
+            let mut q = queue.lock().unwrap();
+            match q.order.pop_front() {
+                Some(domain) => q.waiting.remove(&domain).map(|w| (domain, w)),
+                None => {
+                    q.running = false;
+                    return;
+                }
+            }
+        };
+        let Some((domain, (installed, waiters))) = next else {
+            continue;
+        };
+        let ran = run(&hook, &domain, &installed).await;
+        metrics::counter!("herald_cert_hooks_total", "hook" => hook.name.clone(),
+            "result" => ran.label())
+        .increment(1);
+        match &ran {
+            Ran::Ok => tracing::info!(hook = hook.name, domain, "certificate hook ran"),
+            Ran::Failed(why) => tracing::warn!(hook = hook.name, domain, error = %why,
+                "certificate hook failed; the certificate stays installed"),
+            Ran::TimedOut => tracing::warn!(hook = hook.name, domain,
+                timeout = ?hook.timeout, "certificate hook timed out and was killed; \
+                the certificate stays installed"),
+        }
+        for waiter in waiters {
+            let _ = waiter.send(ran.clone());
+        }
     }
 }
 
@@ -229,5 +298,38 @@ mod tests {
         }
         assert_eq!(results[1], Ran::TimedOut);
         assert!(matches!(&results[2], Ran::Failed(why) if why.contains("cannot start")));
+    }
+
+    #[tokio::test]
+    async fn installs_that_come_while_a_run_waits_join_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("runs");
+        let script = format!("echo run >> {}; sleep 0.2", out.display());
+        let hooks = Hooks::new(vec![hook(&["*"], &script, DEFAULT_TIMEOUT)]);
+        let mut results = Vec::new();
+        for _ in 0..200 {
+            results.extend(hooks.after_install(&["a.example".to_string()], 1, paths));
+        }
+        for r in results {
+            assert_eq!(r.await.unwrap(), Ran::Ok);
+        }
+        let runs = std::fs::read_to_string(&out).unwrap().lines().count();
+        assert!((1..=2).contains(&runs), "{runs} runs for 200 installs");
+        assert!(hooks.hooks[0].1.lock().unwrap().waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_waiting_runs_are_bounded() {
+        let hooks = Hooks::new(vec![hook(&["*"], "sleep 0.2", DEFAULT_TIMEOUT)]);
+        let mut results = Vec::new();
+        for i in 0..MAX_WAITING + 10 {
+            results.extend(hooks.after_install(&[format!("d{i}.example")], 1, paths));
+        }
+        assert_eq!(hooks.hooks[0].1.lock().unwrap().waiting.len(), MAX_WAITING);
+        // The oldest ten were dropped: their results never come.
+        let dropped = results.drain(..10).collect::<Vec<_>>();
+        for r in dropped {
+            assert!(r.await.is_err());
+        }
     }
 }
