@@ -205,6 +205,13 @@ fn installs_the_real_unit_config_handlers_and_binary() {
     // The unit runs what the package installs, with the config it installs.
     let unit = text(dir, UNIT);
     assert!(unit.contains(&format!("ExecStart=/usr/bin/herald run --config {CONFIG}")));
+    // Bounded, so that a runaway herald cannot starve the mail server.
+    for limit in ["MemoryMax=", "MemoryHigh=", "TasksMax=", "LimitNOFILE="] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(limit)),
+            "the unit sets no {limit}"
+        );
+    }
     let config: serde_json::Value = serde_json::from_str(&text(dir, CONFIG)).unwrap();
     assert_eq!(config["handlers"], "/etc/herald/handlers");
     assert_eq!(config["stateDir"], "/var/lib/herald");

@@ -18,6 +18,7 @@
 //! | POST | `/v1/handlers/reload` | re-read the handler folder now |
 //! | POST | `/v1/stalwart/events` | publish events on Stalwart's topic, in its v0.16 format |
 
+mod listen;
 mod stream;
 
 use std::net::SocketAddr;
@@ -76,6 +77,8 @@ impl ApiState {
 struct Api {
     state: Arc<ApiState>,
     token: Arc<str>,
+    /// One permit per `/v1/stream` subscription (`api.maxStreams`).
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::ops::Deref for Api {
@@ -153,46 +156,62 @@ pub async fn serve(
     let app = router(Api {
         state: Arc::new(state),
         token,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.api.limits.streams)),
     });
     let listen = config.api.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let tcp = std::net::TcpListener::bind(listen)
         .with_context(|| format!("api.listen: cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "api listening");
-    let (app_tcp, stop_tcp) = (app.clone(), stop.clone());
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app_tcp)
-            .with_graceful_shutdown(stop_tcp.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "api stopped");
-        }
-    });
-    if let Some(path) = config.api.unix_socket.clone() {
-        let listener = bind_unix(&path)?;
-        tracing::info!(path = %path.display(), "api listening");
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "api (unix socket) stopped");
-            }
-        });
-    }
+    tcp.set_nonblocking(true)?;
+    let addr = tcp.local_addr()?;
+    let unix = match config.api.unix_socket.clone() {
+        Some(path) => Some((bind_unix(&path)?, path)),
+        None => None,
+    };
+    let limits = config.api.limits;
+    // The API has a thread and a runtime of its own: however many clients
+    // it serves, and whatever they ask, the event path's workers never run
+    // an API task.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the API's runtime")?;
+    std::thread::Builder::new()
+        .name("herald-api".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let tcp = match tokio::net::TcpListener::from_std(tcp) {
+                    Ok(tcp) => tcp,
+                    Err(e) => return tracing::error!(error = %e, "api stopped"),
+                };
+                tracing::info!(%addr, "api listening");
+                let on_tcp = listen::serve(tcp, app.clone(), limits, stop.clone());
+                match unix {
+                    Some((unix, path)) => match tokio::net::UnixListener::from_std(unix) {
+                        Ok(unix) => {
+                            tracing::info!(path = %path.display(), "api listening");
+                            let on_unix = listen::serve(unix, app, limits, stop);
+                            tokio::join!(on_tcp, on_unix);
+                        }
+                        Err(e) => tracing::error!(error = %e, "api (unix socket) stopped"),
+                    },
+                    None => on_tcp.await,
+                }
+            })
+        })
+        .context("cannot start the API's thread")?;
     Ok(addr)
 }
 
-fn bind_unix(path: &PathBuf) -> anyhow::Result<tokio::net::UnixListener> {
+fn bind_unix(path: &PathBuf) -> anyhow::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     // A socket left by a previous run.
     if path.exists() {
         std::fs::remove_file(path)
             .with_context(|| format!("api.unixSocket: cannot replace {}", path.display()))?;
     }
-    let listener = tokio::net::UnixListener::bind(path)
+    let listener = std::os::unix::net::UnixListener::bind(path)
         .with_context(|| format!("api.unixSocket: cannot listen on {}", path.display()))?;
+    listener.set_nonblocking(true)?;
     // The token guards it too, but nobody else on the node should even connect.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)

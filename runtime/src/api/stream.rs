@@ -27,6 +27,15 @@ pub(super) struct Params {
 }
 
 pub(super) async fn stream(State(api): State<Api>, Query(p): Query<Params>) -> Response {
+    // Each subscription holds a permit for as long as its stream lives.
+    let Ok(permit) = api.streams.clone().try_acquire_owned() else {
+        metrics::counter!("herald_api_connections_refused_total", "why" => "api.maxStreams")
+            .increment(1);
+        return super::error(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many streams open (api.maxStreams); retry later".to_string(),
+        );
+    };
     let rx = api.notices.subscribe(p.account);
     let ready = futures::stream::once(async move {
         Ok::<_, Infallible>(Sse::default().event("ready").data(match p.account {
@@ -34,7 +43,8 @@ pub(super) async fn stream(State(api): State<Api>, Query(p): Query<Params>) -> R
             None => "{}".to_string(),
         }))
     });
-    let notices = BroadcastStream::new(rx).map(|item| {
+    let notices = BroadcastStream::new(rx).map(move |item| {
+        let _held = &permit;
         Ok::<_, Infallible>(match item {
             Ok(notice) => Sse::default()
                 .event(notice.name())

@@ -16,6 +16,7 @@ use crate::node::{Node, stop_on_signals};
 /// `herald run --config <file>`: the node service, until SIGTERM/SIGINT.
 pub async fn run(config: &Path) -> anyhow::Result<()> {
     limit_malloc_arenas();
+    raise_file_limit();
     let config = Config::load(config)?;
     tracing::info!(node = %config.node_id, brokers = ?config.brokers, "herald starting");
     let node = Arc::new(Node::open(config)?.with_metrics(install_metrics()?));
@@ -34,6 +35,30 @@ fn limit_malloc_arenas() {
     // SAFETY: called first thing, before the runtime starts its threads.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// The soft limit of open files up to the hard one (the unit's
+/// `LimitNOFILE`): the default soft 1 024 is shared by the journal, the
+/// broker connections, the certificate store and every API client, and a
+/// flood of clients must not leave the event path without a descriptor.
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for both calls to read and write.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            soft == limit.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if raised {
+        tracing::debug!(files = limit.rlim_cur, "open file limit");
+    } else {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open file limit");
     }
 }
 

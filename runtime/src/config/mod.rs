@@ -87,6 +87,32 @@ pub const OWNED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ("delivery.timeout.ms", "comes from `timeoutMessage`"),
 ];
 
+/// librdkafka properties that run a command, load native code or turn off
+/// a check of the broker's identity, with what they do. The `kafka`
+/// passthrough refuses them unless `kafkaUnsafe` names them: a config
+/// file is not a place where a one-line change should make the node's
+/// service run a program or trust any broker.
+pub const UNSAFE_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    ("sasl.kerberos.kinit.cmd", "runs a shell command"),
+    ("plugin.library.paths", "loads native libraries into herald"),
+    ("ssl.engine.location", "loads an OpenSSL engine library"),
+    ("ssl_engine_location", "loads an OpenSSL engine library"),
+    ("ssl.providers", "loads OpenSSL providers"),
+    ("ssl.engine.id", "selects an OpenSSL engine"),
+    (
+        "enable.ssl.certificate.verification",
+        "can turn off the check of the broker's certificate",
+    ),
+    (
+        "ssl.endpoint.identification.algorithm",
+        "can turn off the check of the broker's host name",
+    ),
+    (
+        "enable.sasl.oauthbearer.unsecure.jwt",
+        "makes unsigned OAuth tokens",
+    ),
+];
+
 /// What herald appends to `groupId` to name its own groups.
 pub const DEFAULT_GROUP_SUFFIX: &str = ".herald";
 /// Stalwart's timeouts' default (`timeoutSession`, `timeoutMessage`).
@@ -310,6 +336,37 @@ pub struct Api {
     /// Allow `listen` on a non-loopback address (`api.allowNonLoopback`,
     /// default false).
     pub allow_non_loopback: bool,
+    /// How much of the node its clients may hold.
+    pub limits: ApiLimits,
+}
+
+/// Bounds on the API's clients: anyone on the node may connect, token or
+/// not, so none of them may hold more than these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Connections open at once, all clients together
+    /// (`api.maxConnections`, default 512).
+    pub connections: usize,
+    /// Connections open at once from one client, its address over TCP or
+    /// its user over the Unix socket (`api.maxConnectionsPerClient`,
+    /// default 64).
+    pub per_client: usize,
+    /// `/v1/stream` subscriptions at once (`api.maxStreams`, default 256).
+    pub streams: usize,
+    /// Time a connection has to send a request's headers, also between
+    /// requests (`api.headerTimeout`, default 10 s).
+    pub header_timeout: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> ApiLimits {
+        ApiLimits {
+            connections: 512,
+            per_client: 64,
+            streams: 256,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for Api {
@@ -321,6 +378,7 @@ impl Default for Api {
             token: None,
             token_file: None,
             allow_non_loopback: false,
+            limits: ApiLimits::default(),
         }
     }
 }
@@ -334,6 +392,7 @@ impl fmt::Debug for Api {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
             .field("allow_non_loopback", &self.allow_non_loopback)
+            .field("limits", &self.limits)
             .finish()
     }
 }

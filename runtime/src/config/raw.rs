@@ -63,6 +63,9 @@ pub(super) struct Raw {
     pub(super) certificates: Option<super::trust::RawCertificates>,
     #[serde(default)]
     pub(super) kafka: Option<BTreeMap<String, PropertyValue>>,
+    /// Names in `kafka` the operator accepts although they are unsafe.
+    #[serde(default)]
+    pub(super) kafka_unsafe: Option<Vec<String>>,
     #[serde(default)]
     pub(super) firewall: Option<RawFirewall>,
 }
@@ -140,6 +143,14 @@ pub(super) struct RawApi {
     pub(super) token_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) allow_non_loopback: Option<bool>,
+    #[serde(default)]
+    pub(super) max_connections: Option<usize>,
+    #[serde(default)]
+    pub(super) max_connections_per_client: Option<usize>,
+    #[serde(default)]
+    pub(super) max_streams: Option<usize>,
+    #[serde(default)]
+    pub(super) header_timeout: Option<DurationValue>,
 }
 
 #[derive(Deserialize, Default)]

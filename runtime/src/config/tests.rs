@@ -285,7 +285,8 @@ fn config_limits() {
 #[test]
 fn config_kafka_passthrough() {
     let c = Config::parse(&with(
-        r#""kafka": {"security.protocol": "SASL_SSL", "linger.ms": 5, "enable.ssl.certificate.verification": false, "sasl.password": "pw"}"#,
+        r#""kafka": {"security.protocol": "SASL_SSL", "linger.ms": 5, "enable.ssl.certificate.verification": false, "sasl.password": "pw"},
+            "kafkaUnsafe": ["enable.ssl.certificate.verification"]"#,
     ))
     .unwrap();
     assert_eq!(c.kafka["security.protocol"], "SASL_SSL");
@@ -296,6 +297,24 @@ fn config_kafka_passthrough() {
         let e = err(&with(&format!(r#""kafka": {{"{owned}": "x"}}"#)));
         assert!(e.contains(owned) && e.contains("field `kafka"), "{e}");
     }
+    // What runs commands, loads code or stops checking the broker needs
+    // the operator to say so, whatever the spelling of its name.
+    for (name, _) in UNSAFE_KAFKA_PROPERTIES {
+        for spelled in [name.to_string(), format!(" {} ", name.to_uppercase())] {
+            let e = err(&with(&format!(r#""kafka": {{"{spelled}": "x"}}"#)));
+            assert!(
+                e.contains(&format!("field `kafka.{spelled}`")) && e.contains("kafkaUnsafe"),
+                "{e}"
+            );
+        }
+        let c = Config::parse(&with(&format!(
+            r#""kafka": {{"{name}": "x"}}, "kafkaUnsafe": ["{name}"]"#
+        )))
+        .unwrap();
+        assert_eq!(c.kafka[*name], "x");
+    }
+    let e = err(&with(r#""kafkaUnsafe": ["linger.ms"]"#));
+    assert!(e.contains("field `kafkaUnsafe[0]`"), "{e}");
 }
 
 #[test]

@@ -121,7 +121,10 @@ pub(super) fn parse(text: &str) -> anyhow::Result<Config> {
     let raw_push = raw.push.unwrap_or_default();
     let push_allow_private = raw_push.allow_private.unwrap_or(false);
     let push_vapid = push_vapid(raw_push.vapid.unwrap_or_default())?;
-    let kafka = kafka(raw.kafka.unwrap_or_default())?;
+    let kafka = kafka(
+        raw.kafka.unwrap_or_default(),
+        &raw.kafka_unsafe.unwrap_or_default(),
+    )?;
     let signing_key = match raw.signing_key {
         Some(p) => Some(path("signingKey", Some(p), "")?),
         None => None,
@@ -393,12 +396,39 @@ fn api(raw: RawApi) -> anyhow::Result<Api> {
     {
         bail!("field `api.unixSocket`: must not be empty");
     }
+    let d = ApiLimits::default();
+    let limits = ApiLimits {
+        connections: raw.max_connections.unwrap_or(d.connections),
+        per_client: raw.max_connections_per_client.unwrap_or(d.per_client),
+        streams: raw.max_streams.unwrap_or(d.streams),
+        header_timeout: raw.header_timeout.map_or(d.header_timeout, |t| t.0),
+    };
+    for (field, n) in [
+        ("maxConnections", limits.connections),
+        ("maxConnectionsPerClient", limits.per_client),
+        ("maxStreams", limits.streams),
+    ] {
+        if !(1..=100_000).contains(&n) {
+            bail!("field `api.{field}`: {n} is not 1 to 100000");
+        }
+    }
+    if limits.per_client > limits.connections {
+        bail!(
+            "field `api.maxConnectionsPerClient`: {} is more than `api.maxConnections` ({})",
+            limits.per_client,
+            limits.connections
+        );
+    }
+    if limits.header_timeout.is_zero() {
+        bail!("field `api.headerTimeout`: must be more than 0");
+    }
     Ok(Api {
         listen,
         unix_socket: raw.unix_socket,
         token: raw.token,
         token_file: raw.token_file,
         allow_non_loopback,
+        limits,
     })
 }
 
@@ -472,16 +502,42 @@ fn blocklist(raw: RawBlocklist) -> anyhow::Result<BlocklistPolicy> {
     })
 }
 
-fn kafka(raw: BTreeMap<String, PropertyValue>) -> anyhow::Result<BTreeMap<String, String>> {
+fn kafka(
+    raw: BTreeMap<String, PropertyValue>,
+    accepted: &[String],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    for (i, name) in accepted.iter().enumerate() {
+        if !UNSAFE_KAFKA_PROPERTIES.iter().any(|(n, _)| n == name) {
+            bail!(
+                "field `kafkaUnsafe[{i}]`: `{name}` is not one of the unsafe properties ({})",
+                UNSAFE_KAFKA_PROPERTIES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     let mut out = BTreeMap::new();
     for (key, PropertyValue(value)) in raw {
+        // librdkafka matches names exactly; herald compares them trimmed and
+        // in lower case, so that no spelling slips a property past.
+        let name = key.trim().to_ascii_lowercase();
         if let Some((_, why)) = OWNED_KAFKA_PROPERTIES
             .iter()
-            .find(|(owned, _)| *owned == key.trim())
+            .find(|(owned, _)| *owned == name)
         {
             bail!("field `kafka.{key}`: herald sets `{key}` itself; it {why}");
         }
-        if key.trim().is_empty() {
+        if let Some((_, why)) = UNSAFE_KAFKA_PROPERTIES.iter().find(|(n, _)| *n == name)
+            && !accepted.contains(&name)
+        {
+            bail!(
+                "field `kafka.{key}`: `{key}` {why}; if you mean it, also list it in \
+                 `kafkaUnsafe`, e.g. \"kafkaUnsafe\": [\"{name}\"]"
+            );
+        }
+        if name.is_empty() {
             bail!("field `kafka`: a property name must not be empty");
         }
         out.insert(key, value);
