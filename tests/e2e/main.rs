@@ -13,5 +13,6 @@ mod node_api;
 mod operations;
 mod package;
 mod push;
+mod review;
 mod sandbox;
 mod trust;
