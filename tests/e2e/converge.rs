@@ -8,8 +8,10 @@
 //! left on its events topic (as after retention deleted it): the state
 //! topic alone brings it to the same list.
 //!
-//! And a publish chain leaves as many records on a cluster of three nodes
-//! as on one.
+//! The same for one domain's certificates: four certificates written in
+//! three spellings of the domain, replays, a SIGKILL and restarts, and
+//! every node ends with the newest version's. And a publish chain leaves
+//! as many records on a cluster of three nodes as on one.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -367,4 +369,120 @@ async fn a_publish_chain_makes_as_many_records_on_three_nodes_as_on_one() {
     // The root's five descendants (hops 1 to 5) on one node.
     assert_eq!(one, 5);
     assert_eq!(three, one, "the chain grew with the number of nodes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_ends_with_the_certificate_the_versions_decide() {
+    let seed = now_ms() | 1;
+    eprintln!("converge certificates: seed {seed}");
+    let mut rng = Rng(seed);
+    let mut c = TestCluster::new("converge-certs", 4, &[Install::builtin("certificate")]).await;
+    let ops = NodeKey::load_or_create(&c.dir.path().join("ops.key"))
+        .unwrap()
+        .0;
+    let (identity, recipient) = herald::trust::keys::new_sealing_identity();
+    let identity_file = c.dir.path().join("cluster.age");
+    std::fs::write(&identity_file, identity).unwrap();
+    // A secret: herald refuses one that others may read.
+    std::fs::set_permissions(
+        &identity_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let recipient: age::x25519::Recipient = recipient.parse().unwrap();
+    c.settings = json!({
+        "trust": {"keys": {ops.id(): {"publicKey": public_key_text(&ops.public()), "kinds": ["*"]}}},
+        "certificates": {"identityFile": identity_file},
+    });
+
+    // Four certificates for one domain, written in several spellings (so
+    // keyed onto different partitions), 40 writes with versions, then
+    // replays of older records copied byte for byte.
+    let pairs = ["ec", "p384", "rsa", "ed25519"];
+    let spellings = ["mail.example.com", "MAIL.example.com", "mail.example.com."];
+    let start = now_ms() - 600_000;
+    let mut model: Option<(u64, String, &str)> = None;
+    let mut records = Vec::new();
+    for step in 0..40u64 {
+        let pair = pairs[rng.below(pairs.len())];
+        let domain = spellings[rng.below(spellings.len())];
+        let ts = start + step * 1_000 + (rng.below(3) as u64) * 500;
+        let id = format!("cert{:03}-{step}", rng.below(1000));
+        let key = herald::trust::keys::seal(
+            std::slice::from_ref(&recipient),
+            &herald_tests::cert_fixture(&format!("{pair}.key")),
+        )
+        .unwrap();
+        let event = json!({"v": 1, "id": id, "kind": "tls-certificate", "origin": "ops", "ts": ts,
+            "body": {"domains": [domain],
+                     "certificatePem": herald_tests::cert_fixture(&format!("{pair}.crt")),
+                     "privateKeyPem": key, "notAfter": 1}});
+        if model.as_ref().is_none_or(|(t, i, _)| (ts, &id) > (*t, i)) {
+            model = Some((ts, id.clone(), pair));
+        }
+        records.push(sign(&ops, format!("domain:{domain}"), event.to_string()));
+    }
+    rng.shuffle(&mut records);
+    for _ in 0..15 {
+        let at = 1 + rng.below(records.len() - 1);
+        let copy = records[rng.below(at)].clone();
+        records.insert(at, copy);
+    }
+    let (want_ts, want_id, want_pair) = model.unwrap();
+    let want_chain = herald_tests::cert_fixture(&format!("{want_pair}.crt"));
+
+    let mut a = c.start("a");
+    let mut b = c.start("b");
+    let mut n3 = c.start("c");
+    for (node, name) in [(&mut a, "a"), (&mut b, "b"), (&mut n3, "c")] {
+        node.wait_assigned(&c.broadcast_group(name));
+    }
+    let third = records.len() / 3;
+    for (i, r) in records.iter().enumerate() {
+        if i == third {
+            b.kill();
+        }
+        if i == 2 * third {
+            b = c.start("b");
+            assert!(n3.terminate().success());
+            n3 = c.start("c");
+        }
+        c.publish_record_to(
+            &c.state_topic,
+            &r.key,
+            r.payload.as_bytes(),
+            &[
+                (KEY_ID_HEADER, ops.id().as_bytes()),
+                (SIGNATURE_HEADER, r.signature.as_bytes()),
+            ],
+        )
+        .await;
+    }
+
+    // Every node ends with the newest version's certificate, whatever the
+    // order it saw them in; a replayed older one never wins back.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for node in [&mut a, &mut b, &mut n3] {
+        loop {
+            let (status, v) = api::get(node, "/v1/certificates/mail.example.com").await;
+            if status == 200 && v["version"]["id"] == want_id.as_str() {
+                assert_eq!(v["version"]["ts"], want_ts, "{}", node.node);
+                assert_eq!(v["chainPem"], want_chain.as_str(), "{}", node.node);
+                assert_eq!(
+                    v["privateKeyPem"],
+                    herald_tests::cert_fixture(&format!("{want_pair}.key")).as_str(),
+                    "{}",
+                    node.node
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never reached the model ({want_pair}, {want_id}): {status} {}",
+                node.node,
+                v["version"]
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
