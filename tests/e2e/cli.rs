@@ -126,6 +126,14 @@ fn config_check_accepts_the_examples() {
     let (ok, out) = config_check(block);
     assert!(ok, "the README's configuration: {out}");
     assert!(out.contains("nor 198.51.100.0/24"), "{out}");
+    // The README's scoped tokens, in a config of their own.
+    let section = &readme[readme.find("### The local API").unwrap()..];
+    let start = section.find("```json\n").unwrap() + 8;
+    let tokens = &section[start..start + section[start..].find("```").unwrap()];
+    let (ok, out) = config_check(&format!(
+        r#"{{"brokers": ["kafka1:9092"], "groupId": "g", {tokens}}}"#
+    ));
+    assert!(ok, "the README's api.tokens: {out}");
     // The Coordinator object exactly as the mail server writes it.
     let (ok, out) = config_check(
         r#"{ "@type": "Kafka", "brokers": ["kafka1:9092"], "groupId": "stalwart-cluster",

@@ -276,3 +276,84 @@ async fn a_burst_of_junk_is_dead_lettered_in_batches() {
         node.blocklist().contains("203.0.113.77")
     });
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scoped_token_may_do_only_what_its_scopes_say() {
+    let mut c = TestCluster::new("scopes", 1, &[Install::builtin("blocking")]).await;
+    c.settings = json!({"api": {"tokens": [
+        {"name": "mail", "token": "mail-token", "scopes": ["read", "publish"],
+         "publishKinds": ["state-change"]},
+        {"name": "acme", "token": "acme-token", "scopes": ["certificates"]}]}});
+    let mut node = c.start("a");
+    node.wait_assigned(&c.broadcast_group("a"));
+    let base = node.api();
+    let client = reqwest::Client::new();
+    let call = |method: &str, path: &str, token: &str, body: Option<serde_json::Value>| {
+        let mut r = match method {
+            "GET" => client.get(format!("{base}{path}")),
+            _ => client.post(format!("{base}{path}")),
+        }
+        .bearer_auth(token);
+        if let Some(body) = body {
+            r = r.body(body.to_string());
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let change = json!({"kind": "state-change",
+        "body": {"accountId": 5, "changeId": 1, "types": ["Email"]}});
+    let block = json!({"kind": "ip-block",
+        "body": {"ip": "203.0.113.5", "action": "block", "reason": "x"}});
+    // The mail server's token: read and publish state changes, nothing else.
+    assert_eq!(
+        call("GET", "/v1/blocklist", "mail-token", None).await.0,
+        200
+    );
+    assert_eq!(
+        call("POST", "/v1/events", "mail-token", Some(change.clone()))
+            .await
+            .0,
+        202
+    );
+    let (status, text) = call("POST", "/v1/events", "mail-token", Some(block.clone())).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("may not publish `ip-block`"), "{text}");
+    let (status, text) = call(
+        "GET",
+        "/v1/certificates/mail.example.com",
+        "mail-token",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("`certificates` scope"), "{text}");
+    assert_eq!(
+        call("POST", "/v1/handlers/reload", "mail-token", None)
+            .await
+            .0,
+        403
+    );
+    // The ACME host's: certificates only.
+    assert_eq!(
+        call(
+            "GET",
+            "/v1/certificates/mail.example.com",
+            "acme-token",
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call("GET", "/v1/blocklist", "acme-token", None).await.0,
+        403
+    );
+    // The node's own token may do everything; an unknown one nothing.
+    let own = herald_tests::cluster::TOKEN;
+    assert_eq!(call("POST", "/v1/events", own, Some(block)).await.0, 202);
+    assert_eq!(call("GET", "/v1/blocklist", "guess", None).await.0, 401);
+}

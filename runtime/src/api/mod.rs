@@ -1,7 +1,9 @@
 //! The local API: how the mail server process on the same node reaches
 //! herald. Loopback by default (a non-loopback address must be allowed in
 //! the config), optionally a Unix socket as well. Every endpoint but
-//! `/healthz` and `/readyz` requires `Authorization: Bearer <token>`.
+//! `/healthz` and `/readyz` requires `Authorization: Bearer <token>`: the
+//! node's own token may do everything, each of `api.tokens` only what its
+//! scopes name (read, publish, certificates, stalwart, admin).
 //!
 //! | method | path | what |
 //! |---|---|---|
@@ -37,7 +39,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Scope};
 use crate::effects::blocklist::Blocklist;
 use crate::effects::certs::CertStore;
 use crate::effects::notify::Hub;
@@ -76,9 +78,58 @@ impl ApiState {
 #[derive(Clone)]
 struct Api {
     state: Arc<ApiState>,
-    token: Arc<str>,
+    /// Every token the API accepts, with what it may do.
+    grants: Arc<[Grant]>,
     /// One permit per `/v1/stream` subscription (`api.maxStreams`).
     streams: Arc<tokio::sync::Semaphore>,
+}
+
+/// A token the API accepts.
+struct Grant {
+    name: String,
+    secret: String,
+    /// What it may do; none for the node's own token, which may do all.
+    scopes: Option<std::collections::BTreeSet<Scope>>,
+    /// The kinds it may publish; none: any.
+    kinds: Option<std::collections::BTreeSet<String>>,
+}
+
+/// The kinds the request's token may publish (none: any), for `publish`.
+#[derive(Clone)]
+struct PublishKinds(Option<std::collections::BTreeSet<String>>);
+
+/// The node's own token (full access) and `api.tokens`, secrets read.
+fn grants(config: &Config) -> anyhow::Result<Vec<Grant>> {
+    let mut grants = vec![Grant {
+        name: "api.token".into(),
+        secret: token(config)?,
+        scopes: None,
+        kinds: None,
+    }];
+    for (i, t) in config.api.tokens.iter().enumerate() {
+        let secret = match (&t.token, &t.token_file) {
+            (Some(secret), _) => secret.trim().to_string(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| {
+                    format!("api.tokens[{i}].tokenFile: cannot read {}", file.display())
+                })?
+                .trim()
+                .to_string(),
+            (None, None) => anyhow::bail!("api.tokens[{i}]: no token"),
+        };
+        anyhow::ensure!(!secret.is_empty(), "api.tokens[{i}]: the token is empty");
+        anyhow::ensure!(
+            grants.iter().all(|g| g.secret != secret),
+            "api.tokens[{i}]: the same token as another; each must be its own"
+        );
+        grants.push(Grant {
+            name: t.name.clone(),
+            secret,
+            scopes: Some(t.scopes.clone()),
+            kinds: t.publish_kinds.clone(),
+        });
+    }
+    Ok(grants)
 }
 
 impl std::ops::Deref for Api {
@@ -126,22 +177,36 @@ pub fn existing_token(config: &crate::config::Config) -> anyhow::Result<Option<S
 }
 
 fn router(api: Api) -> Router {
-    let protected = Router::new()
+    // Each route group is guarded by the scope it needs.
+    let guard = |scope| middleware::from_fn_with_state((api.clone(), scope), authorise);
+    let read = Router::new()
         .route("/metrics", get(metrics))
-        .route("/v1/events", post(publish))
         .route("/v1/stream", get(stream::stream))
         .route("/v1/blocklist", get(blocklist))
         .route("/v1/blocklist/{ip}", get(blocklist_check))
-        .route("/v1/certificates/{domain}", get(certificate))
         .route("/v1/handlers", get(handlers))
         .route("/v1/status", get(status))
-        .route("/v1/handlers/reload", post(reload))
+        .route_layer(guard(Scope::Read));
+    let publish_events = Router::new()
+        .route("/v1/events", post(publish))
+        .route_layer(guard(Scope::Publish));
+    let certificates = Router::new()
+        .route("/v1/certificates/{domain}", get(certificate))
+        .route_layer(guard(Scope::Certificates));
+    let stalwart = Router::new()
         .route("/v1/stalwart/events", post(stalwart_publish))
-        .layer(middleware::from_fn_with_state(api.clone(), authorise));
+        .route_layer(guard(Scope::Stalwart));
+    let admin = Router::new()
+        .route("/v1/handlers/reload", post(reload))
+        .route_layer(guard(Scope::Admin));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .merge(protected)
+        .merge(read)
+        .merge(publish_events)
+        .merge(certificates)
+        .merge(stalwart)
+        .merge(admin)
         .with_state(api)
 }
 
@@ -152,10 +217,9 @@ pub async fn serve(
     config: &Config,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    let token: Arc<str> = token(config)?.into();
     let app = router(Api {
         state: Arc::new(state),
-        token,
+        grants: grants(config)?.into(),
         streams: Arc::new(tokio::sync::Semaphore::new(config.api.limits.streams)),
     });
     let listen = config.api.listen;
@@ -217,21 +281,55 @@ fn bind_unix(path: &PathBuf) -> anyhow::Result<std::os::unix::net::UnixListener>
     Ok(listener)
 }
 
-async fn authorise(State(api): State<Api>, request: Request, next: Next) -> Response {
+async fn authorise(
+    State((api, scope)): State<(Api, Scope)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), api.token.as_bytes()) => next.run(request).await,
-        _ => (
+    // Compared with every token, so that the time taken does not tell
+    // which one came close.
+    let matched: Vec<&Grant> = match presented {
+        Some(t) => api
+            .grants
+            .iter()
+            .filter(|g| constant_time_eq(t.as_bytes(), g.secret.as_bytes()))
+            .collect(),
+        None => Vec::new(),
+    };
+    let Some(grant) = matched.first() else {
+        return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
             Json(json!({"error": "a valid bearer token is required"})),
         )
-            .into_response(),
+            .into_response();
+    };
+    if let Some(scopes) = &grant.scopes
+        && !scopes.contains(&scope)
+    {
+        metrics::counter!("herald_api_forbidden_total", "token" => grant.name.clone(),
+            "scope" => scope.name())
+        .increment(1);
+        let has: Vec<&str> = scopes.iter().map(|s| s.name()).collect();
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token `{}` may not do this: it needs the `{}` scope (api.tokens: {})",
+                grant.name,
+                scope.name(),
+                has.join(", ")
+            ),
+        );
     }
+    request
+        .extensions_mut()
+        .insert(PublishKinds(grant.kinds.clone()));
+    next.run(request).await
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -334,11 +432,27 @@ async fn metrics(State(api): State<Api>) -> Response {
     }
 }
 
-async fn publish(State(api): State<Api>, body: String) -> Response {
+async fn publish(
+    State(api): State<Api>,
+    axum::Extension(PublishKinds(kinds)): axum::Extension<PublishKinds>,
+    body: String,
+) -> Response {
     let event = match Event::from_submitted(&body, &api.node_id) {
         Ok(e) => e,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    if let Some(kinds) = &kinds
+        && !kinds.contains(event.body.kind())
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this token may not publish `{}` events (its publishKinds: {})",
+                event.body.kind(),
+                kinds.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
     match api.producer.publish(&event).await {
         Ok(d) => (
             StatusCode::ACCEPTED,

@@ -338,6 +338,64 @@ pub struct Api {
     pub allow_non_loopback: bool,
     /// How much of the node its clients may hold.
     pub limits: ApiLimits,
+    /// Tokens that may do only part of what `token` may (`api.tokens`):
+    /// the mail server needs to read and publish state changes, not to
+    /// read every TLS private key or reload handlers.
+    pub tokens: Vec<ScopedToken>,
+}
+
+/// What a scoped token may do (`api.tokens[].scopes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    /// `/metrics`, `/v1/stream`, `/v1/blocklist`, `/v1/handlers`, `/v1/status`.
+    Read,
+    /// `POST /v1/events`, of the kinds in `publishKinds` if it is set.
+    Publish,
+    /// `GET /v1/certificates/{domain}`: chains and private keys.
+    Certificates,
+    /// `POST /v1/stalwart/events`: Stalwart's own coordination records.
+    Stalwart,
+    /// `POST /v1/handlers/reload`.
+    Admin,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Publish => "publish",
+            Scope::Certificates => "certificates",
+            Scope::Stalwart => "stalwart",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// One of `api.tokens`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScopedToken {
+    /// Its name, in logs and refusals.
+    pub name: String,
+    /// The token itself, or the file it is in (read when the API starts).
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub scopes: std::collections::BTreeSet<Scope>,
+    /// The kinds it may publish; none: any kind.
+    pub publish_kinds: Option<std::collections::BTreeSet<String>>,
+}
+
+impl fmt::Debug for ScopedToken {
+    /// Like a derived `Debug`, with the token redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScopedToken")
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("scopes", &self.scopes)
+            .field("publish_kinds", &self.publish_kinds)
+            .finish()
+    }
 }
 
 /// Bounds on the API's clients: anyone on the node may connect, token or
@@ -379,6 +437,7 @@ impl Default for Api {
             token_file: None,
             allow_non_loopback: false,
             limits: ApiLimits::default(),
+            tokens: Vec::new(),
         }
     }
 }
@@ -393,6 +452,7 @@ impl fmt::Debug for Api {
             .field("token_file", &self.token_file)
             .field("allow_non_loopback", &self.allow_non_loopback)
             .field("limits", &self.limits)
+            .field("tokens", &self.tokens)
             .finish()
     }
 }

@@ -151,6 +151,25 @@ pub(super) struct RawApi {
     pub(super) max_streams: Option<usize>,
     #[serde(default)]
     pub(super) header_timeout: Option<DurationValue>,
+    #[serde(default)]
+    pub(super) tokens: Option<Vec<RawToken>>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "an object with `name`, `token` or `tokenFile`, and `scopes`"
+)]
+pub(super) struct RawToken {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) token: Option<String>,
+    #[serde(default)]
+    pub(super) token_file: Option<PathBuf>,
+    pub(super) scopes: Vec<super::Scope>,
+    #[serde(default)]
+    pub(super) publish_kinds: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -591,3 +591,52 @@ fn config_certificate_hooks_are_checked() {
         assert!(e.contains(&format!("field `{field}")), "{bad}: {e}");
     }
 }
+
+#[test]
+fn config_api_tokens_are_scoped() {
+    let c = Config::parse(&with(
+        r#""api": {"tokens": [
+            {"name": "stalwart", "token": "s3cret", "scopes": ["read", "publish"],
+             "publishKinds": ["state-change", "push"]},
+            {"name": "acme", "tokenFile": "/etc/herald/acme.token", "scopes": ["certificates"]}]}"#,
+    ))
+    .unwrap();
+    assert_eq!(c.api.tokens.len(), 2);
+    let mail = &c.api.tokens[0];
+    assert!(mail.scopes.contains(&Scope::Publish) && !mail.scopes.contains(&Scope::Admin));
+    assert_eq!(
+        mail.publish_kinds
+            .as_ref()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        ["push", "state-change"]
+    );
+    assert!(!format!("{c:?}").contains("s3cret"));
+    for (tokens, field) in [
+        (r#"[{"name": "x", "scopes": ["read"]}]"#, "api.tokens[0]"),
+        (
+            r#"[{"name": "x", "token": "t", "scopes": []}]"#,
+            "api.tokens[0].scopes",
+        ),
+        (
+            r#"[{"name": "x", "token": "t", "scopes": ["root"]}]"#,
+            "root",
+        ),
+        (
+            r#"[{"name": "x", "token": "t", "scopes": ["read"], "publishKinds": ["push"]}]"#,
+            "api.tokens[0].publishKinds",
+        ),
+        (
+            r#"[{"name": "x", "token": "t", "scopes": ["publish"], "publishKinds": ["ip-blok"]}]"#,
+            "ip-blok",
+        ),
+        (
+            r#"[{"name": "x", "token": "t", "scopes": ["read"]}, {"name": "x", "token": "u", "scopes": ["read"]}]"#,
+            "api.tokens[1].name",
+        ),
+    ] {
+        let e = err(&with(&format!(r#""api": {{"tokens": {tokens}}}"#)));
+        assert!(e.contains(field), "{tokens}: {e}");
+    }
+}

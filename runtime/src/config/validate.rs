@@ -422,6 +422,56 @@ fn api(raw: RawApi) -> anyhow::Result<Api> {
     if limits.header_timeout.is_zero() {
         bail!("field `api.headerTimeout`: must be more than 0");
     }
+    let mut tokens = Vec::new();
+    for (i, t) in raw.tokens.unwrap_or_default().into_iter().enumerate() {
+        let field = format!("api.tokens[{i}]");
+        if t.name.trim().is_empty() {
+            bail!("field `{field}.name`: must not be empty");
+        }
+        match (&t.token, &t.token_file) {
+            (Some(_), Some(_)) | (None, None) => {
+                bail!("field `{field}`: set `token` or `tokenFile`, one of them")
+            }
+            (Some(secret), None) if secret.trim().is_empty() => {
+                bail!("field `{field}.token`: must not be empty")
+            }
+            _ => {}
+        }
+        if t.scopes.is_empty() {
+            bail!(
+                "field `{field}.scopes`: list what the token may do (read, publish, certificates, \
+                 stalwart, admin)"
+            );
+        }
+        let scopes: std::collections::BTreeSet<Scope> = t.scopes.into_iter().collect();
+        let publish_kinds = match t.publish_kinds {
+            None => None,
+            Some(kinds) => {
+                if !scopes.contains(&Scope::Publish) {
+                    bail!("field `{field}.publishKinds`: the token has no `publish` scope");
+                }
+                for kind in &kinds {
+                    if !crate::event::KINDS.contains(&kind.as_str()) {
+                        bail!(
+                            "field `{field}.publishKinds`: unknown event kind `{kind}`, expected one of {}",
+                            crate::event::KINDS.join(", ")
+                        );
+                    }
+                }
+                Some(kinds.into_iter().collect())
+            }
+        };
+        if tokens.iter().any(|o: &ScopedToken| o.name == t.name) {
+            bail!("field `{field}.name`: `{}` names another token too", t.name);
+        }
+        tokens.push(ScopedToken {
+            name: t.name,
+            token: t.token,
+            token_file: t.token_file,
+            scopes,
+            publish_kinds,
+        });
+    }
     Ok(Api {
         listen,
         unix_socket: raw.unix_socket,
@@ -429,6 +479,7 @@ fn api(raw: RawApi) -> anyhow::Result<Api> {
         token_file: raw.token_file,
         allow_non_loopback,
         limits,
+        tokens,
     })
 }
 
