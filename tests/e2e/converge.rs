@@ -98,6 +98,54 @@ fn sign(ops: &NodeKey, key: String, payload: String) -> Signed {
     }
 }
 
+/// Insert `n` copies of earlier records, each after the one it copies, as
+/// a replay by anyone with write access would.
+fn replay_older(rng: &mut Rng, records: &mut Vec<Signed>, n: usize) {
+    for _ in 0..n {
+        let at = 1 + rng.below(records.len() - 1);
+        let copy = records[rng.below(at)].clone();
+        records.insert(at, copy);
+    }
+}
+
+/// Start nodes a, b and c, and publish `records` (signed by `ops`) to the
+/// state topic, killing b (SIGKILL) a third of the way through and, at two
+/// thirds, starting b again and restarting c. Returns the three nodes.
+async fn publish_through_restarts(
+    c: &TestCluster,
+    ops: &NodeKey,
+    records: &[Signed],
+) -> [NodeProcess; 3] {
+    let mut a = c.start("a");
+    let mut b = c.start("b");
+    let mut n3 = c.start("c");
+    for (node, name) in [(&mut a, "a"), (&mut b, "b"), (&mut n3, "c")] {
+        node.wait_assigned(&c.broadcast_group(name));
+    }
+    let third = records.len() / 3;
+    for (i, r) in records.iter().enumerate() {
+        if i == third {
+            b.kill();
+        }
+        if i == 2 * third {
+            b = c.start("b");
+            assert!(n3.terminate().success());
+            n3 = c.start("c");
+        }
+        c.publish_record_to(
+            &c.state_topic,
+            &r.key,
+            r.payload.as_bytes(),
+            &[
+                (KEY_ID_HEADER, ops.id().as_bytes()),
+                (SIGNATURE_HEADER, r.signature.as_bytes()),
+            ],
+        )
+        .await;
+    }
+    [a, b, n3]
+}
+
 /// What a node's `GET /v1/blocklist` holds, by network.
 async fn entries(node: &mut NodeProcess) -> BTreeMap<String, Value> {
     let (status, v) = api::get(node, "/v1/blocklist").await;
@@ -186,39 +234,9 @@ async fn every_node_ends_with_the_blocklist_the_versions_decide() {
         records.push(sign(&ops, key, payload));
     }
     let originals = records.len();
-    for _ in 0..60 {
-        let at = 1 + rng.below(records.len() - 1);
-        let copy = records[rng.below(at)].clone();
-        records.insert(at, copy);
-    }
+    replay_older(&mut rng, &mut records, 60);
 
-    let mut a = c.start("a");
-    let mut b = c.start("b");
-    let mut n3 = c.start("c");
-    for (node, name) in [(&mut a, "a"), (&mut b, "b"), (&mut n3, "c")] {
-        node.wait_assigned(&c.broadcast_group(name));
-    }
-    let third = records.len() / 3;
-    for (i, r) in records.iter().enumerate() {
-        if i == third {
-            b.kill();
-        }
-        if i == 2 * third {
-            b = c.start("b");
-            assert!(n3.terminate().success());
-            n3 = c.start("c");
-        }
-        c.publish_record_to(
-            &c.state_topic,
-            &r.key,
-            r.payload.as_bytes(),
-            &[
-                (KEY_ID_HEADER, ops.id().as_bytes()),
-                (SIGNATURE_HEADER, r.signature.as_bytes()),
-            ],
-        )
-        .await;
-    }
+    let [mut a, mut b, mut n3] = publish_through_restarts(&c, &ops, &records).await;
     eprintln!(
         "converge: {} records ({originals} originals), {} networks in force expected",
         records.len(),
@@ -423,41 +441,11 @@ async fn every_node_ends_with_the_certificate_the_versions_decide() {
         records.push(sign(&ops, format!("domain:{domain}"), event.to_string()));
     }
     rng.shuffle(&mut records);
-    for _ in 0..15 {
-        let at = 1 + rng.below(records.len() - 1);
-        let copy = records[rng.below(at)].clone();
-        records.insert(at, copy);
-    }
+    replay_older(&mut rng, &mut records, 15);
     let (want_ts, want_id, want_pair) = model.unwrap();
     let want_chain = herald_tests::cert_fixture(&format!("{want_pair}.crt"));
 
-    let mut a = c.start("a");
-    let mut b = c.start("b");
-    let mut n3 = c.start("c");
-    for (node, name) in [(&mut a, "a"), (&mut b, "b"), (&mut n3, "c")] {
-        node.wait_assigned(&c.broadcast_group(name));
-    }
-    let third = records.len() / 3;
-    for (i, r) in records.iter().enumerate() {
-        if i == third {
-            b.kill();
-        }
-        if i == 2 * third {
-            b = c.start("b");
-            assert!(n3.terminate().success());
-            n3 = c.start("c");
-        }
-        c.publish_record_to(
-            &c.state_topic,
-            &r.key,
-            r.payload.as_bytes(),
-            &[
-                (KEY_ID_HEADER, ops.id().as_bytes()),
-                (SIGNATURE_HEADER, r.signature.as_bytes()),
-            ],
-        )
-        .await;
-    }
+    let [mut a, mut b, mut n3] = publish_through_restarts(&c, &ops, &records).await;
 
     // Every node ends with the newest version's certificate, whatever the
     // order it saw them in; a replayed older one never wins back.
