@@ -45,15 +45,20 @@ fn untrusted(path: &Path, meta: &Metadata) -> Option<String> {
     None
 }
 
+/// [`untrusted`] as an error.
+fn refuse_untrusted(path: &Path, meta: &Metadata) -> anyhow::Result<()> {
+    match untrusted(path, meta) {
+        Some(why) => Err(anyhow::anyhow!("refusing {why}")),
+        None => Ok(()),
+    }
+}
+
 /// Refuse `path` (followed if it is a symbolic link) unless only herald's
 /// user or root may write it.
 pub fn check_trusted(path: &Path) -> anyhow::Result<()> {
     let meta = std::fs::metadata(path)
         .map_err(|e| anyhow::anyhow!("{}: cannot read its owner: {e}", path.display()))?;
-    match untrusted(path, &meta) {
-        Some(why) => Err(anyhow::anyhow!("refusing {why}")),
-        None => Ok(()),
-    }
+    refuse_untrusted(path, &meta)
 }
 
 /// [`check_trusted`] for a file that is loaded as native code: a symbolic
@@ -64,10 +69,7 @@ pub fn check_trusted_file(path: &Path) -> anyhow::Result<()> {
     if !meta.file_type().is_file() {
         anyhow::bail!("refusing {}: not a regular file", path.display());
     }
-    match untrusted(path, &meta) {
-        Some(why) => Err(anyhow::anyhow!("refusing {why}")),
-        None => Ok(()),
-    }
+    refuse_untrusted(path, &meta)
 }
 
 #[cfg(test)]

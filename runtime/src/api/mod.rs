@@ -39,7 +39,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Scope};
+use crate::config::{Config, Scope, TokenSource};
 use crate::effects::blocklist::Blocklist;
 use crate::effects::certs::CertStore;
 use crate::effects::notify::Hub;
@@ -107,17 +107,12 @@ fn grants(config: &Config) -> anyhow::Result<Vec<Grant>> {
         kinds: None,
     }];
     for (i, t) in config.api.tokens.iter().enumerate() {
-        let secret = match (&t.token, &t.token_file) {
-            (Some(secret), _) => secret.trim().to_string(),
-            (None, Some(file)) => std::fs::read_to_string(file)
-                .with_context(|| {
-                    format!("api.tokens[{i}].tokenFile: cannot read {}", file.display())
-                })?
-                .trim()
-                .to_string(),
-            (None, None) => anyhow::bail!("api.tokens[{i}]: no token"),
+        let secret = match &t.source {
+            TokenSource::Inline(secret) => secret.trim().to_string(),
+            TokenSource::File(file) => {
+                read_token_file(&format!("api.tokens[{i}].tokenFile"), file)?
+            }
         };
-        anyhow::ensure!(!secret.is_empty(), "api.tokens[{i}]: the token is empty");
         anyhow::ensure!(
             grants.iter().all(|g| g.secret != secret),
             "api.tokens[{i}]: the same token as another; each must be its own"
@@ -164,16 +159,22 @@ pub fn existing_token(config: &crate::config::Config) -> anyhow::Result<Option<S
         return Ok(Some(t.clone()));
     }
     if let Some(file) = &api.token_file {
-        let t = std::fs::read_to_string(file)
-            .with_context(|| format!("api.tokenFile: cannot read {}", file.display()))?;
-        let t = t.trim().to_string();
-        anyhow::ensure!(!t.is_empty(), "api.tokenFile: {} is empty", file.display());
-        return Ok(Some(t));
+        return read_token_file("api.tokenFile", file).map(Some);
     }
     Ok(std::fs::read_to_string(config.state_dir.join("api.token"))
         .ok()
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty()))
+}
+
+/// The token in `file` (`field` of the config), trimmed; an empty one is
+/// refused.
+fn read_token_file(field: &str, file: &std::path::Path) -> anyhow::Result<String> {
+    let t = std::fs::read_to_string(file)
+        .with_context(|| format!("{field}: cannot read {}", file.display()))?;
+    let t = t.trim().to_string();
+    anyhow::ensure!(!t.is_empty(), "{field}: {} is empty", file.display());
+    Ok(t)
 }
 
 fn router(api: Api) -> Router {
@@ -243,23 +244,28 @@ pub async fn serve(
         .name("herald-api".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let tcp = match tokio::net::TcpListener::from_std(tcp) {
-                    Ok(tcp) => tcp,
-                    Err(e) => return tracing::error!(error = %e, "api stopped"),
+                // Each listener is served on its own: one that cannot be
+                // served never takes the other down with it.
+                let on_tcp = async {
+                    match tokio::net::TcpListener::from_std(tcp) {
+                        Ok(tcp) => {
+                            tracing::info!(%addr, "api listening");
+                            listen::serve(tcp, app.clone(), limits, stop.clone()).await
+                        }
+                        Err(e) => tracing::error!(error = %e, "api stopped"),
+                    }
                 };
-                tracing::info!(%addr, "api listening");
-                let on_tcp = listen::serve(tcp, app.clone(), limits, stop.clone());
-                match unix {
-                    Some((unix, path)) => match tokio::net::UnixListener::from_std(unix) {
+                let on_unix = async {
+                    let Some((unix, path)) = unix else { return };
+                    match tokio::net::UnixListener::from_std(unix) {
                         Ok(unix) => {
                             tracing::info!(path = %path.display(), "api listening");
-                            let on_unix = listen::serve(unix, app, limits, stop);
-                            tokio::join!(on_tcp, on_unix);
+                            listen::serve(unix, app.clone(), limits, stop.clone()).await
                         }
                         Err(e) => tracing::error!(error = %e, "api (unix socket) stopped"),
-                    },
-                    None => on_tcp.await,
-                }
+                    }
+                };
+                tokio::join!(on_tcp, on_unix);
             })
         })
         .context("cannot start the API's thread")?;

@@ -378,20 +378,35 @@ pub struct ScopedToken {
     /// Its name, in logs and refusals.
     pub name: String,
     /// The token itself, or the file it is in (read when the API starts).
-    pub token: Option<String>,
-    pub token_file: Option<PathBuf>,
+    pub source: TokenSource,
     pub scopes: std::collections::BTreeSet<Scope>,
     /// The kinds it may publish; none: any kind.
     pub publish_kinds: Option<std::collections::BTreeSet<String>>,
 }
 
+/// Where a scoped token comes from (`token` or `tokenFile`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for TokenSource {
+    /// The file's path; an inline token redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::Inline(_) => f.write_str("Inline(<redacted>)"),
+            TokenSource::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
 impl fmt::Debug for ScopedToken {
-    /// Like a derived `Debug`, with the token redacted.
+    /// Like a derived `Debug`; the token is redacted by [`TokenSource`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ScopedToken")
             .field("name", &self.name)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("token_file", &self.token_file)
+            .field("source", &self.source)
             .field("scopes", &self.scopes)
             .field("publish_kinds", &self.publish_kinds)
             .finish()

@@ -428,15 +428,16 @@ fn api(raw: RawApi) -> anyhow::Result<Api> {
         if t.name.trim().is_empty() {
             bail!("field `{field}.name`: must not be empty");
         }
-        match (&t.token, &t.token_file) {
+        let source = match (t.token, t.token_file) {
             (Some(_), Some(_)) | (None, None) => {
                 bail!("field `{field}`: set `token` or `tokenFile`, one of them")
             }
             (Some(secret), None) if secret.trim().is_empty() => {
                 bail!("field `{field}.token`: must not be empty")
             }
-            _ => {}
-        }
+            (Some(secret), None) => TokenSource::Inline(secret),
+            (None, Some(file)) => TokenSource::File(file),
+        };
         if t.scopes.is_empty() {
             bail!(
                 "field `{field}.scopes`: list what the token may do (read, publish, certificates, \
@@ -466,8 +467,7 @@ fn api(raw: RawApi) -> anyhow::Result<Api> {
         }
         tokens.push(ScopedToken {
             name: t.name,
-            token: t.token,
-            token_file: t.token_file,
+            source,
             scopes,
             publish_kinds,
         });

@@ -118,12 +118,7 @@ impl Policy {
         };
         // Every block is checked here, so nothing is allocated unless it is
         // refused.
-        let protected = RESERVED.iter().map(|(range, what)| (range, *what)).chain(
-            self.protect
-                .iter()
-                .map(|(range, what)| (range, what.as_str())),
-        );
-        for (range, what) in protected {
+        for (range, what) in self.protected() {
             if overlaps(&judged, range) || (judged != *net && overlaps(net, range)) {
                 return Err(Refusal::Protected {
                     network: herald_guest::net::canonical(net),
@@ -151,15 +146,20 @@ impl Policy {
         Ok(())
     }
 
-    /// The IPv4 rules for `v4`, which `net` covers as `how` addresses.
-    fn check_embedded(&self, net: &IpNet, v4: Ipv4Net, how: &str) -> Result<(), Refusal> {
-        let carried = IpNet::V4(v4);
-        let protected = RESERVED.iter().map(|(range, what)| (range, *what)).chain(
+    /// Every range never blocked, with why: the reserved ones, then the
+    /// deployer's and the node's own.
+    fn protected(&self) -> impl Iterator<Item = (&IpNet, &str)> {
+        RESERVED.iter().map(|(range, what)| (range, *what)).chain(
             self.protect
                 .iter()
                 .map(|(range, what)| (range, what.as_str())),
-        );
-        for (range, what) in protected {
+        )
+    }
+
+    /// The IPv4 rules for `v4`, which `net` covers as `how` addresses.
+    fn check_embedded(&self, net: &IpNet, v4: Ipv4Net, how: &str) -> Result<(), Refusal> {
+        let carried = IpNet::V4(v4);
+        for (range, what) in self.protected() {
             if overlaps(&carried, range) {
                 return Err(Refusal::Protected {
                     network: herald_guest::net::canonical(net),

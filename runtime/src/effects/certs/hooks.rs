@@ -164,18 +164,19 @@ impl Hooks {
 /// not reloaded twice at once), until none waits.
 async fn drain(hook: Hook, queue: Arc<Mutex<Queue>>) {
     loop {
-        let next = {
+        let (domain, (installed, waiters)) = {
             let mut q = queue.lock().unwrap();
-            match q.order.pop_front() {
-                Some(domain) => q.waiting.remove(&domain).map(|w| (domain, w)),
-                None => {
-                    q.running = false;
-                    return;
-                }
-            }
-        };
-        let Some((domain, (installed, waiters))) = next else {
-            continue;
+            let Some(domain) = q.order.pop_front() else {
+                q.running = false;
+                return;
+            };
+            // `order` and `waiting` hold the same domains: both gain and
+            // lose one together, under this lock.
+            let waiting = q
+                .waiting
+                .remove(&domain)
+                .expect("a waiting domain has its run");
+            (domain, waiting)
         };
         let ran = run(&hook, &domain, &installed).await;
         metrics::counter!("herald_cert_hooks_total", "hook" => hook.name.clone(),

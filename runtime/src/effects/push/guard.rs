@@ -7,9 +7,10 @@
 //! resolver, which refuses the name when any of its addresses is loopback,
 //! private, link-local, unique-local, site-local, CGNAT, unspecified,
 //! multicast, or an IPv6 form that carries such an IPv4 address (mapped,
-//! compatible, NAT64, 6to4, Teredo; any local-use NAT64 address); the connection then goes to the addresses it
-//! checked, so a name cannot resolve to a public address for the check and
-//! to a private one for the connection. A literal address in the URL is
+//! compatible, NAT64, 6to4, Teredo; any local-use NAT64 address); the
+//! connection then goes to the addresses it checked, so a name cannot
+//! resolve to a public address for the check and to a private one for the
+//! connection. A literal address in the URL is
 //! checked the same way before any request. `push.allowPrivate` (for test
 //! setups) lets everything through, plain `http` included.
 
