@@ -551,7 +551,7 @@ async fn web_push_that_a_strict_push_service_accepts() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_with_another_vapid_key_is_refused_and_the_push_dead_lettered() {
+async fn a_node_with_another_vapid_key_is_refused_and_the_push_counted() {
     let service = PushService::default();
     let origin = service.start().await;
     let mut c = TestCluster::new("webpush-foreign", 1, &[Install::builtin("push")]).await;
@@ -570,10 +570,17 @@ async fn a_node_with_another_vapid_key_is_refused_and_the_push_dead_lettered() {
             "body":{"accountId":5,"endpoint":format!("{origin}/sub/s"),"payload":"hi","keys":keys}}),
     )
     .await;
-    let letters = c.dead_letters(1).await;
-    let error = letters[0].header("herald-error");
-    assert!(error.contains("push service answered 403"), "{error}");
+    // The push left the partition when it was queued: the service's
+    // refusal is the subscription's, logged and counted, not the event's.
+    let line = node.wait_for_log("push refused, not tried again", LONG);
+    assert!(line.contains("push service answered 403"), "{line}");
+    assert!(line.contains(r#"event_id="p""#), "{line}");
     assert!(service.accepted("s").is_none());
+    let metrics = herald_tests::api::metrics(&mut node).await;
+    assert!(
+        metrics.contains(r#"herald_push_deliveries_total{status="invalid"} 1"#),
+        "{metrics}"
+    );
     // The node made its own key, 0600, in its state directory.
     let made = node.state.join("vapid.key");
     use std::os::unix::fs::PermissionsExt;
@@ -581,5 +588,67 @@ async fn a_node_with_another_vapid_key_is_refused_and_the_push_dead_lettered() {
         std::fs::metadata(&made).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    node.terminate();
+}
+
+/// A push service that accepts connections and never answers.
+async fn tarpit() -> (String, Arc<Mutex<usize>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(Mutex::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            *count.lock().unwrap() += 1;
+            held.push(socket);
+        }
+    });
+    (origin, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tarpit_endpoint_does_not_hold_the_partition() {
+    let service = PushService::default();
+    let origin = service.start().await;
+    let (stuck, connections) = tarpit().await;
+    let mut c = TestCluster::new("webpush-tarpit", 1, &[Install::builtin("push")]).await;
+    c.settings = json!({"push": {"allowPrivate": true, "vapid": {"subject": SUBJECT}}});
+    let config = c.config("a");
+    let (public, _) = vapid_key(&config);
+    *service.vapid_key.lock().unwrap() = public;
+    let mut node = c.start("a");
+    node.wait_assigned(&c.shared_group());
+    let push = |id: &str, endpoint: String| {
+        json!({"v":1,"id":id,"kind":"push","origin":"test","ts":1,
+            "body":{"accountId":5,"endpoint":endpoint,"payload":"x"}})
+    };
+    // Three pushes to the tarpit, then one to a working service, all on the
+    // one partition, in that order.
+    for i in 0..3 {
+        c.publish(
+            "account:5",
+            &push(&format!("stuck-{i}"), format!("{stuck}/sub/{i}")),
+        )
+        .await;
+    }
+    let sent = std::time::Instant::now();
+    c.publish("account:5", &push("fine", format!("{origin}/sub/fine")))
+        .await;
+    wait_until("the other push accepted", LONG, || {
+        service.accepted("fine").is_some()
+    });
+    let took = sent.elapsed();
+    // Before the tarpit answered anything (it never does) and before any
+    // of its retries: nothing of its retry schedule stood in the way.
+    let held = *connections.lock().unwrap();
+    assert!(held <= 3, "{held} connections to the tarpit came first");
+    eprintln!(
+        "tarpit: the other subscription's push delivered {took:?} after it was published, {held} tarpit requests open"
+    );
+    // The partition moved on: its offset is committed past all four.
+    wait_until("the partition committed", LONG, || {
+        c.committed(&c.shared_group(), 0) == Some(4)
+    });
     node.terminate();
 }

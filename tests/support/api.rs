@@ -77,3 +77,15 @@ pub async fn get(node: &mut NodeProcess, path: &str) -> (u16, Value) {
     let text = r.text().await.unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
+
+/// `GET /metrics` on `node`'s API with the test token: the exposition text.
+pub async fn metrics(node: &mut NodeProcess) -> String {
+    let r = reqwest::Client::new()
+        .get(format!("{}/metrics", node.api()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.text().await.unwrap()
+}

@@ -6,9 +6,10 @@
 //! no payload. Keys or a topic the node cannot use (malformed, a payload too
 //! large to encrypt) are `invalid`: the event is rejected.
 //!
-//! A transient failure (network, 429, 5xx) asks herald to retry the event;
-//! a subscription that is gone (404/410) is not an error of the event: the
-//! node has already published that the subscription is gone.
+//! The node queues the message and delivers it off the partition (its push
+//! outbox retries 429, 5xx and network errors, and publishes that a
+//! subscription is gone on 404/410), so `deliver_push` answers at once: a
+//! transient error (the outbox is full) asks herald to retry the event.
 
 use herald_guest::{
     EffectError, Event, Handled, Handler, Host, Level, Push, PushMessage, reject, retry,

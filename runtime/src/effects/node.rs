@@ -7,7 +7,7 @@ use super::certs::CertStore;
 use super::certs::hooks::Hooks;
 use super::firewall::Firewall;
 use super::notify::{Hub, Notice};
-use super::push::{Message, PushClient, PushSettings};
+use super::push::{Outbox, PushClient, PushSettings, Queued, outbox};
 use super::{Effect, EffectError, EffectFuture, Effects, Reply};
 use crate::config::Config;
 use crate::event::{Body, Event, PushSubscriptionGone};
@@ -30,7 +30,8 @@ pub struct NodeEffects {
     pub notices: Arc<Hub>,
     /// The blocklist enforced by the kernel (`firewall.nftables`).
     pub firewall: Option<Arc<Firewall>>,
-    push: PushClient,
+    /// Pushes leave the partition's order here (see [`outbox`]).
+    push: Outbox,
     publisher: Arc<dyn Publisher>,
     /// Opens sealed TLS private keys (`certificates.identityFile`).
     unsealer: Option<Arc<Unsealer>>,
@@ -52,6 +53,21 @@ impl NodeEffects {
             }
             None => None,
         };
+        let client = PushClient::open(
+            state_dir,
+            PushSettings {
+                allow_private: config.push_allow_private,
+                vapid_key_file: Some(config.push_vapid_key_file()),
+                vapid_subject: config.push_vapid.subject.clone(),
+                ..PushSettings::default()
+            },
+        )?;
+        let (push, gone) = Outbox::open(state_dir, client)?;
+        tokio::spawn(publish_gone(
+            gone,
+            publisher.clone(),
+            config.node_id.clone(),
+        ));
         Ok(NodeEffects {
             node_id: config.node_id.clone(),
             blocklist: Arc::new(Blocklist::open_with(state_dir, blocklist_policy(config))?),
@@ -62,15 +78,7 @@ impl NodeEffects {
                 .nftables
                 .clone()
                 .map(|n| Arc::new(Firewall::new(n))),
-            push: PushClient::open(
-                state_dir,
-                PushSettings {
-                    allow_private: config.push_allow_private,
-                    vapid_key_file: Some(config.push_vapid_key_file()),
-                    vapid_subject: config.push_vapid.subject.clone(),
-                    ..PushSettings::default()
-                },
-            )?,
+            push,
             publisher,
             unsealer,
             hooks: Hooks::new(config.certificates.hooks.clone()),
@@ -83,6 +91,42 @@ impl NodeEffects {
             .await
             .map_err(EffectError::Transient)?;
         Ok(event.id)
+    }
+}
+
+/// Tell the cluster about the subscriptions push services said are gone,
+/// so the mail server deletes them. The event's id is derived from the
+/// delivery's, so a delivery tried again after a restart publishes the same
+/// event, not a second one.
+async fn publish_gone(
+    mut gone: tokio::sync::mpsc::UnboundedReceiver<outbox::Gone>,
+    publisher: Arc<dyn Publisher>,
+    node_id: String,
+) {
+    while let Some(g) = gone.recv().await {
+        tracing::info!(account_id = g.account_id, endpoint = %g.endpoint, why = %g.why, "push subscription gone");
+        let body = Body::PushSubscriptionGone(PushSubscriptionGone {
+            account_id: g.account_id,
+            endpoint: g.endpoint,
+        });
+        let mut event = Event::new(&node_id, body);
+        event.id = crate::event::derived_id("gone", &[&g.event_id]);
+        let key = format!("account:{}", g.account_id);
+        let mut wait = std::time::Duration::from_secs(1);
+        for attempt in 1.. {
+            match publisher.publish(&key, &event).await {
+                Ok(()) => break,
+                Err(err) if attempt < 10 => {
+                    tracing::warn!(event_id = %event.id, "publishing a gone subscription failed, retrying: {err}");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(60));
+                }
+                Err(err) => {
+                    tracing::error!(event_id = %event.id, account_id = g.account_id, "publishing a gone subscription failed: {err}");
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -247,31 +291,21 @@ impl Effects for NodeEffects {
                     keys,
                     topic,
                 } => {
-                    let message = Message {
-                        endpoint: &endpoint,
-                        payload: payload.as_bytes(),
-                        keys: keys.as_ref(),
+                    // Checked and queued durably; delivered off the
+                    // partition (a gone subscription is published from
+                    // there, by `publish_gone`).
+                    let queued = Queued {
+                        event_id,
+                        account_id,
+                        endpoint,
+                        payload,
+                        keys,
                         ttl,
                         urgency,
-                        topic: topic.as_deref(),
+                        topic,
+                        queued_ms: crate::event::now_ms(),
                     };
-                    let result = self.push.deliver(&event_id, &message).await;
-                    if let Err(EffectError::Gone(why)) = &result {
-                        // Tell the cluster, so the mail server deletes the
-                        // subscription; if that fails, the handler retries
-                        // and the next attempt publishes again.
-                        tracing::info!(handler, account_id, %endpoint, %why, "push subscription gone");
-                        let gone = Body::PushSubscriptionGone(PushSubscriptionGone {
-                            account_id,
-                            endpoint,
-                        });
-                        // Derived from the delivery's event: a retried
-                        // delivery publishes the same event again.
-                        let mut gone = Event::new(&self.node_id, gone);
-                        gone.id = crate::event::derived_id("gone", &[&event_id]);
-                        self.publish(format!("account:{account_id}"), gone).await?;
-                    }
-                    result.map(|_| None)
+                    self.push.submit(queued).await.map(|_| None)
                 }
                 Effect::InstallCertificate {
                     domains,

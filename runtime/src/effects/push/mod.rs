@@ -67,12 +67,14 @@ use crate::event::{PushKeys, Urgency, now_ms};
 mod delivered;
 pub mod ece;
 pub mod guard;
+pub mod outbox;
 #[cfg(test)]
 mod tests;
 pub mod vapid;
 
 pub use delivered::LOG_FILE;
 use delivered::Log;
+pub use outbox::{Outbox, Queued, Submitted};
 pub use vapid::Vapid;
 
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(200);
@@ -272,6 +274,41 @@ impl PushClient {
         lock(&self.log).delivered.len()
     }
 
+    /// Whether this node delivered `event_id` already.
+    pub fn delivered(&self, event_id: &str) -> bool {
+        lock(&self.log).contains(event_id)
+    }
+
+    /// Refuse what can never be sent (bad event id, endpoint, topic or
+    /// keys, a payload too large to encrypt) without a request; the
+    /// endpoint's origin otherwise.
+    pub fn check(&self, event_id: &str, message: &Message<'_>) -> Result<String, EffectError> {
+        let (url, _) = self.prepare(event_id, message)?;
+        Ok(url.origin().ascii_serialization())
+    }
+
+    /// The checks of [`PushClient::check`], and the body to send.
+    fn prepare(
+        &self,
+        event_id: &str,
+        message: &Message<'_>,
+    ) -> Result<(Url, Option<Vec<u8>>), EffectError> {
+        check_event_id(event_id)?;
+        let url = check_endpoint(message.endpoint, self.settings.allow_private)?;
+        if let Some(topic) = message.topic {
+            check_topic(topic)?;
+        }
+        let body = match message.keys {
+            Some(keys) => {
+                let receiver =
+                    ece::Receiver::parse(&keys.p256dh, &keys.auth).map_err(EffectError::Invalid)?;
+                Some(ece::encrypt(&receiver, message.payload).map_err(EffectError::Invalid)?)
+            }
+            None => None,
+        };
+        Ok((url, body))
+    }
+
     async fn deliver_inner(
         &self,
         event_id: &str,
@@ -281,19 +318,8 @@ impl PushClient {
         if lock(&self.log).contains(event_id) {
             return Ok(Delivered::Before);
         }
-        let url = check_endpoint(message.endpoint, self.settings.allow_private)?;
-        if let Some(topic) = message.topic {
-            check_topic(topic)?;
-        }
         // Encrypted once: every attempt sends the same body.
-        let body = match message.keys {
-            Some(keys) => {
-                let receiver =
-                    ece::Receiver::parse(&keys.p256dh, &keys.auth).map_err(EffectError::Invalid)?;
-                Some(ece::encrypt(&receiver, message.payload).map_err(EffectError::Invalid)?)
-            }
-            None => None,
-        };
+        let (url, body) = self.prepare(event_id, message)?;
 
         let _guard = self.claim(event_id).await;
         // Another call for the same id may have delivered while we waited.

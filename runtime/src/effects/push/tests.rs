@@ -823,3 +823,135 @@ fn record_forgets_old_ids_and_compacts() {
     let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
     assert_eq!(text.lines().count(), 2);
 }
+
+/// A push service that accepts connections and never answers; counts them.
+async fn tarpit() -> (String, Arc<Mutex<usize>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/sub/tarpit", listener.local_addr().unwrap());
+    let accepted = Arc::new(Mutex::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            *count.lock().unwrap() += 1;
+            held.push(socket);
+        }
+    });
+    (url, accepted)
+}
+
+fn queued(id: &str, endpoint: &str) -> Queued {
+    Queued {
+        event_id: id.into(),
+        account_id: 5,
+        endpoint: endpoint.into(),
+        payload: "hi".into(),
+        keys: None,
+        ttl: 60,
+        urgency: Urgency::Normal,
+        topic: None,
+        queued_ms: now_ms(),
+    }
+}
+
+/// Poll `cond` (an outcome of background tasks) for at most a minute.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tarpit_endpoint_does_not_hold_another_subscriptions_push() {
+    let (stuck, connections) = tarpit().await;
+    let good = TestServer::start(vec![], reply(201)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _gone) = Outbox::open(dir.path(), client(dir.path(), settings())).unwrap();
+    assert_eq!(
+        outbox.submit(queued("to-tarpit", &stuck)).await,
+        Ok(Submitted::Queued)
+    );
+    assert_eq!(
+        outbox.submit(queued("to-good", &good.url("/sub/g"))).await,
+        Ok(Submitted::Queued)
+    );
+    eventually("the other push", || good.requests() == 1).await;
+    // Delivered while the tarpit still holds its first request: nothing of
+    // its retry schedule came first.
+    assert_eq!(*connections.lock().unwrap(), 1);
+    eventually("the good push ended", || outbox.waiting() == 1).await;
+    // The same event again is not queued twice.
+    assert_eq!(
+        outbox.submit(queued("to-tarpit", &stuck)).await,
+        Ok(Submitted::Before)
+    );
+    assert_eq!(
+        outbox.submit(queued("to-good", &good.url("/sub/g"))).await,
+        Ok(Submitted::Before)
+    );
+    // What can never be sent is refused at once.
+    assert!(matches!(
+        outbox.submit(queued("bad", "ftp://push.example/x")).await,
+        Err(EffectError::Invalid(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_pushes_survive_a_restart_in_an_owner_only_file() {
+    let good = TestServer::start(vec![], reply(201)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(outbox::OUTBOX_FILE);
+    {
+        // What a node that crashed before delivering left behind: one
+        // message queued, one queued and ended, and a torn line.
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path).unwrap();
+        for id in ["left", "done"] {
+            let line =
+                serde_json::to_string(&queued(id, &good.url(&format!("/sub/{id}")))).unwrap();
+            writeln!(file, "+ {line}").unwrap();
+        }
+        write!(file, "- done\n+ {{\"event_id\":\"torn").unwrap();
+    }
+    let (outbox, _gone) = Outbox::open(dir.path(), client(dir.path(), settings())).unwrap();
+    eventually("the resumed push", || good.requests() == 1).await;
+    assert_eq!(good.service.seen.lock().unwrap()[0].path, "/sub/left");
+    eventually("its end recorded", || outbox.waiting() == 0).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the outbox holds subscribers' payloads");
+    drop(outbox);
+    let (again, _gone) = Outbox::open(dir.path(), client(dir.path(), settings())).unwrap();
+    assert_eq!(again.waiting(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gone_subscription_is_reported_from_the_background() {
+    let gone_service = TestServer::start(vec![], reply(410)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, mut gone) = Outbox::open(dir.path(), client(dir.path(), settings())).unwrap();
+    let endpoint = gone_service.url("/sub/old");
+    assert_eq!(
+        outbox.submit(queued("ev-gone", &endpoint)).await,
+        Ok(Submitted::Queued)
+    );
+    let reported = tokio::time::timeout(Duration::from_secs(60), gone.recv())
+        .await
+        .expect("no gone report")
+        .unwrap();
+    assert_eq!(
+        (
+            reported.event_id.as_str(),
+            reported.account_id,
+            reported.endpoint.as_str()
+        ),
+        ("ev-gone", 5, endpoint.as_str())
+    );
+    assert_eq!(
+        gone_service.requests(),
+        1,
+        "a gone subscription was tried again"
+    );
+}
