@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::codec::Decoder;
 use crate::config::Config;
-use crate::dispatch::{self, Dispatcher};
+use crate::dispatch::{self, Dispatcher, LetteredElsewhere};
 use crate::effects::Effects;
 use crate::effects::blocklist::Blocklist;
 use crate::effects::node::NodeEffects;
@@ -145,6 +145,15 @@ impl Node {
             dead_letters: self.producer.clone(),
             max_hops: self.config.publish_max_hops,
             recent: self.recent_letters.clone(),
+            lettered_elsewhere: (mode == Mode::Broadcast).then(|| {
+                Arc::new(SharedGroupLetters {
+                    registry: self.registry.clone(),
+                    topics: [
+                        self.config.topics.events.clone(),
+                        self.config.topics.state.clone(),
+                    ],
+                }) as Arc<dyn LetteredElsewhere>
+            }),
             decoder: Decoder {
                 stalwart,
                 max_stalwart_events: self.config.stalwart.max_events_per_record,
@@ -453,4 +462,20 @@ pub fn stop_on_signals(token: CancellationToken) {
         }
         token.cancel();
     });
+}
+
+/// The broadcast groups leave undecodable records of herald's own topics
+/// to the shared group, which reads them too, whenever this node has
+/// shared handlers (so the group exists): one letter per cluster instead of
+/// one per node and group. Stalwart's topic is read by broadcast groups
+/// alone, so each node letters what it cannot decode there.
+struct SharedGroupLetters {
+    registry: Arc<Registry>,
+    topics: [String; 2],
+}
+
+impl LetteredElsewhere for SharedGroupLetters {
+    fn lettered_elsewhere(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| t == topic) && !self.registry.snapshot(Mode::Shared).is_empty()
+    }
 }

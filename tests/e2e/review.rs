@@ -278,6 +278,45 @@ async fn a_burst_of_junk_is_dead_lettered_in_batches() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn junk_is_lettered_once_per_cluster_not_once_per_node() {
+    const JUNK: usize = 2_000;
+    // Broadcast and shared handlers: every node's broadcast group and the
+    // shared group read the same junk.
+    let c = TestCluster::new(
+        "junk-cluster",
+        1,
+        &[Install::builtin("blocking"), Install::builtin("push")],
+    )
+    .await;
+    let mut nodes: Vec<_> = ["a", "b", "c"].iter().map(|n| c.start(n)).collect();
+    let mut groups: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| c.broadcast_group(n))
+        .collect();
+    for (node, group) in nodes.iter_mut().zip(&groups) {
+        node.wait_assigned_all(&[group.clone(), c.shared_group()]);
+    }
+    groups.push(c.shared_group());
+    c.publish_burst(&c.topic, b"\x01", JUNK).await;
+    wait_until(
+        "every group committed the junk",
+        Duration::from_secs(600),
+        || {
+            groups
+                .iter()
+                .all(|g| c.committed(g, 0) == Some(JUNK as i64))
+        },
+    );
+    // Before: one letter per group and record, 4 per record here.
+    let letters = c.read_all(&format!("{}.dlq", c.topic)).len();
+    eprintln!("junk: {JUNK} records on 3 nodes made {letters} letters");
+    assert_eq!(letters, JUNK);
+    for node in &mut nodes {
+        node.terminate();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_scoped_token_may_do_only_what_its_scopes_say() {
     let mut c = TestCluster::new("scopes", 1, &[Install::builtin("blocking")]).await;
     c.settings = json!({"api": {"tokens": [

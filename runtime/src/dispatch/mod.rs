@@ -108,6 +108,19 @@ pub struct Dispatcher {
     pub max_hops: u32,
     /// Where every dead letter written is counted.
     pub recent: Arc<RecentLetters>,
+    /// Whether another group of the cluster letters the records of a topic
+    /// that do not decode, so that this one need not (see
+    /// [`LetteredElsewhere`]); none: this dispatcher letters them all.
+    pub lettered_elsewhere: Option<Arc<dyn LetteredElsewhere>>,
+}
+
+/// A record that no node can decode is the same junk on every node: one
+/// letter per cluster is enough. The broadcast groups ask this before they
+/// letter one: where the cluster's shared group also reads the topic (and
+/// this node is in it, so the group exists), the shared group letters it,
+/// once, and the broadcast groups only count it.
+pub trait LetteredElsewhere: Send + Sync + 'static {
+    fn lettered_elsewhere(&self, topic: &str) -> bool;
 }
 
 /// Dead letters per minute over the last hour, for `herald status`.
@@ -188,7 +201,20 @@ impl Dispatcher {
                 events.drain(..start);
             }
             if let Some(error) = failure {
-                undecodable.push((record, error));
+                if self
+                    .lettered_elsewhere
+                    .as_ref()
+                    .is_some_and(|e| e.lettered_elsewhere(&record.topic))
+                {
+                    metrics::counter!("herald_undecodable_total", "lettered" => "by-shared-group")
+                        .increment(1);
+                    tracing::debug!(topic = %record.topic, partition = record.partition,
+                        offset = record.offset, %error, "not decodable; the shared group letters it");
+                } else {
+                    metrics::counter!("herald_undecodable_total", "lettered" => "here")
+                        .increment(1);
+                    undecodable.push((record, error));
+                }
             }
         }
         self.run_all(&handlers, &events, records, stop).await?;

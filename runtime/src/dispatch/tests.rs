@@ -115,7 +115,35 @@ fn dispatcher(handlers: Vec<Arc<Scripted>>, letters: Arc<Letters>, attempts: u32
         decoder: Decoder::default(),
         max_hops: DEFAULT_MAX_HOPS,
         recent: Default::default(),
+        lettered_elsewhere: None,
     }
+}
+
+/// Says that the shared group letters `herald.events`.
+struct SharedLetters;
+
+impl LetteredElsewhere for SharedLetters {
+    fn lettered_elsewhere(&self, topic: &str) -> bool {
+        topic == "herald.events"
+    }
+}
+
+#[tokio::test]
+async fn junk_lettered_by_the_shared_group_is_only_counted_here() {
+    let h = Scripted::new("h", &["ip-block"], vec![]);
+    let letters = Arc::new(Letters::default());
+    let mut d = dispatcher(vec![h.clone()], letters.clone(), 5);
+    d.lettered_elsewhere = Some(Arc::new(SharedLetters));
+    let mut batch = records(3);
+    batch[0].value = Some(b"not json".to_vec());
+    // A topic the shared group does not read (Stalwart's): lettered here.
+    batch[2].topic = "stwt.agora".into();
+    batch[2].value = Some(b"junk".to_vec());
+    d.handle(&batch, &CancellationToken::new()).await.unwrap();
+    assert_eq!(h.calls(), vec![ids(&["e1"])]);
+    let kept = letters.kept.lock().unwrap();
+    let offsets: Vec<i64> = kept.iter().map(|k| k.0).collect();
+    assert_eq!(offsets, vec![2], "{kept:?}");
 }
 
 /// Records at offsets 0.. of partition 0, each an ip-block event whose
