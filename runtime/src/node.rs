@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::codec::Decoder;
 use crate::config::Config;
+use crate::dispatch::keeper::Keeper;
 use crate::dispatch::{self, Dispatcher, LetteredElsewhere};
 use crate::effects::Effects;
 use crate::effects::blocklist::Blocklist;
@@ -43,6 +44,8 @@ pub struct Node {
     shared: Arc<consumer::Status>,
     metrics: Option<PrometheusHandle>,
     recent_letters: Arc<crate::dispatch::RecentLetters>,
+    /// Keeps the newest record of each state-topic key last on the topic.
+    keeper: Arc<Keeper>,
 }
 
 impl Node {
@@ -58,6 +61,7 @@ impl Node {
         release_free_memory();
         let producer = Arc::new(Producer::new(&config)?);
         let effects = Arc::new(NodeEffects::open(&config, producer.clone())?);
+        let keeper = Arc::new(Keeper::open(&config.state_dir, &config.topics.state)?);
         Ok(Node {
             config,
             sandbox,
@@ -68,6 +72,7 @@ impl Node {
             shared: Default::default(),
             metrics: None,
             recent_letters: Default::default(),
+            keeper,
         })
     }
 
@@ -145,6 +150,7 @@ impl Node {
             dead_letters: self.producer.clone(),
             max_hops: self.config.publish_max_hops,
             recent: self.recent_letters.clone(),
+            keeper: Some(self.keeper.clone()),
             lettered_elsewhere: (mode == Mode::Broadcast).then(|| {
                 Arc::new(SharedGroupLetters {
                     registry: self.registry.clone(),
@@ -230,6 +236,14 @@ impl Node {
         }
         tasks.spawn(self.clone().supervise(session_timeout, shutdown.clone()));
         tasks.spawn(self.clone().housekeeping(shutdown.clone()));
+        {
+            let (keeper, producer) = (self.keeper.clone(), self.producer.clone());
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                keeper.run(producer, stop).await;
+                Ok(())
+            });
+        }
         tasks.spawn(crate::watch::handler_folder(
             self.registry.clone(),
             shutdown.clone(),

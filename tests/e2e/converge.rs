@@ -8,6 +8,11 @@
 //! left on its events topic (as after retention deleted it): the state
 //! topic alone brings it to the same list.
 //!
+//! The state topic is compacted, and compaction keeps the last record of a
+//! key, not the newest version: replays, junk and tombstones come last for
+//! some keys, the nodes put the newest back, and a node that reads only
+//! what compaction would keep ends with the same list.
+//!
 //! The same for one domain's certificates: four certificates written in
 //! three spellings of the domain, replays, a SIGKILL and restarts, and
 //! every node ends with the newest version's. And a publish chain leaves
@@ -146,6 +151,35 @@ async fn publish_through_restarts(
     [a, b, n3]
 }
 
+/// The three nodes' lists, once each is `want` (network and version id,
+/// in force): awaited, since a restarted node may still be replaying.
+async fn caught_up(
+    nodes: [&mut NodeProcess; 3],
+    want: &[(String, Value)],
+) -> Vec<BTreeMap<String, Value>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut lists = Vec::new();
+    for node in nodes {
+        loop {
+            let list = entries(node).await;
+            let has: Vec<(String, Value)> = list
+                .iter()
+                .map(|(net, e)| (net.clone(), e["version"]["id"].clone()))
+                .collect();
+            if has == want {
+                lists.push(list);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a node never reached the model: has {has:?}, expected {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    lists
+}
+
 /// What a node's `GET /v1/blocklist` holds, by network.
 async fn entries(node: &mut NodeProcess) -> BTreeMap<String, Value> {
     let (status, v) = api::get(node, "/v1/blocklist").await;
@@ -250,26 +284,7 @@ async fn every_node_ends_with_the_blocklist_the_versions_decide() {
         .iter()
         .map(|(net, e)| (net.clone(), e["id"].clone()))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut lists = Vec::new();
-    for node in [&mut a, &mut b, &mut n3] {
-        loop {
-            let list = entries(node).await;
-            let has: Vec<(String, Value)> = list
-                .iter()
-                .map(|(net, e)| (net.clone(), e["version"]["id"].clone()))
-                .collect();
-            if has == want {
-                lists.push(list);
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "a node never reached the model: has {has:?}, expected {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let lists = caught_up([&mut a, &mut b, &mut n3], &want).await;
     for (net, entry) in &lists[0] {
         let e = &expected[net];
         assert_eq!(entry["reason"], e["body"]["reason"], "{net}: {entry}");
@@ -473,4 +488,145 @@ async fn every_node_ends_with_the_certificate_the_versions_decide() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// What compaction keeps of `records`: the last of each key.
+fn compacted(
+    records: &[herald_tests::cluster::RawRecord],
+) -> Vec<herald_tests::cluster::RawRecord> {
+    let mut last: BTreeMap<(i32, Vec<u8>), herald_tests::cluster::RawRecord> = BTreeMap::new();
+    for r in records {
+        last.insert((r.partition, r.key.clone()), r.clone());
+    }
+    let mut kept: Vec<_> = last.into_values().collect();
+    kept.sort_by_key(|r| (r.partition, r.offset));
+    kept
+}
+
+/// The version (ts, id) of a record of one event, if it is one.
+fn version_of(value: Option<&[u8]>) -> Option<(u64, String)> {
+    let v: Value = serde_json::from_slice(value?).ok()?;
+    Some((v["ts"].as_u64()?, v["id"].as_str()?.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_compaction_keeps_of_the_state_topic_is_still_the_newest() {
+    let seed = now_ms() | 1;
+    eprintln!("compaction: seed {seed}");
+    let mut rng = Rng(seed);
+    let mut c = TestCluster::new("compaction", 4, &[Install::builtin("blocking")]).await;
+    let ops = NodeKey::load_or_create(&c.dir.path().join("ops.key"))
+        .unwrap()
+        .0;
+    c.settings = json!({"trust": {"keys": {
+        ops.id(): {"publicKey": public_key_text(&ops.public()), "kinds": ["*"]}}}});
+    // 120 single-event writes in random spellings, versions rising.
+    let nets = networks();
+    let start = now_ms() - 600_000;
+    let mut records = Vec::new();
+    // Per network, the newest write's id if it is a block.
+    let mut model: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for step in 0..120u64 {
+        let (canonical, spellings) = &nets[rng.below(nets.len())];
+        let ip = spellings[rng.below(spellings.len())].clone();
+        let action = if rng.below(5) < 3 { "block" } else { "unblock" };
+        model.insert(
+            canonical.to_string(),
+            (action == "block").then(|| format!("k{step:03}")),
+        );
+        let event = json!({"v": 1, "id": format!("k{step:03}"), "kind": "ip-block", "origin": "ops",
+            "ts": start + step * 1_000, "body": {"ip": ip, "action": action, "reason": format!("step {step}")}});
+        records.push(sign(&ops, format!("ip:{ip}"), event.to_string()));
+    }
+    // Then, for keys already written, what would win compaction over the
+    // newest: older records of the key copied again, and junk.
+    let mut bad = 0;
+    for _ in 0..30 {
+        let older = records[rng.below(records.len())].clone();
+        records.push(older);
+        bad += 1;
+    }
+    for _ in 0..5 {
+        let mut junk = records[rng.below(records.len())].clone();
+        junk.payload = "not an event".into();
+        records.push(junk);
+        bad += 1;
+    }
+    let published = records.len();
+    let [mut a, mut b, mut n3] = publish_through_restarts(&c, &ops, &records).await;
+
+    // The nodes put the newest record of each key back last.
+    let newest_is_last = |all: &[herald_tests::cluster::RawRecord]| {
+        let mut newest: BTreeMap<Vec<u8>, (u64, String)> = BTreeMap::new();
+        for r in all {
+            if let Some(v) = version_of(r.value.as_deref()) {
+                let n = newest.entry(r.key.clone()).or_insert(v.clone());
+                *n = (*n).clone().max(v);
+            }
+        }
+        compacted(all)
+            .iter()
+            .all(|r| version_of(r.value.as_deref()).as_ref() == newest.get(&r.key))
+    };
+    let mut all = Vec::new();
+    wait_until(
+        "the newest record of every key is last again",
+        Duration::from_secs(120),
+        || {
+            all = c.read_records(&c.state_topic);
+            newest_is_last(&all)
+        },
+    );
+    let restored = all.len() - published;
+    eprintln!(
+        "compaction: {bad} bad records last on their keys, {restored} records put back by 3 nodes"
+    );
+    assert!(restored <= 3 * bad, "{restored} put back for {bad}");
+
+    // A node that finds only what compaction keeps (a topic written with
+    // it) and nothing on its events topic holds what the others hold.
+    let kept = compacted(&all);
+    let state = format!("{}-compacted", c.state_topic);
+    let empty = format!("{}-expired", c.topic);
+    let topics = [
+        state.clone(),
+        format!("{state}.dlq"),
+        empty.clone(),
+        format!("{empty}.dlq"),
+    ];
+    herald_tests::cluster::create_topics(&c.broker, &topics, 4).await;
+    for r in &kept {
+        let headers: Vec<(&str, &[u8])> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        c.publish_record_to(
+            &state,
+            std::str::from_utf8(&r.key).unwrap(),
+            r.value.as_deref().unwrap_or_default(),
+            &headers,
+        )
+        .await;
+    }
+    let want: Vec<(String, Value)> = model
+        .into_iter()
+        .filter_map(|(net, id)| Some((net, Value::from(id?))))
+        .collect();
+    let lists = caught_up([&mut a, &mut b, &mut n3], &want).await;
+    assert_eq!(lists[0], lists[1], "nodes a and b differ");
+    assert_eq!(lists[0], lists[2], "nodes a and c differ");
+    c.settings["topics"] = json!({"events": empty, "state": state});
+    let mut d = c.start("d");
+    d.wait_assigned(&c.broadcast_group("d"));
+    let ready_by = Instant::now() + Duration::from_secs(120);
+    while api::get(&mut d, "/readyz").await.0 != 200 {
+        assert!(Instant::now() < ready_by, "node d never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        entries(&mut d).await,
+        lists[0],
+        "a node that read the compacted topic differs"
+    );
 }

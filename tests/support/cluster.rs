@@ -473,6 +473,56 @@ impl TestCluster {
         out
     }
 
+    /// Every record on `topic` now, in offset order per partition: its
+    /// partition, key, value (none for a tombstone) and headers.
+    pub fn read_records(&self, topic: &str) -> Vec<RawRecord> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.broker)
+            .set("group.id", unique("reader"))
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        let meta = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let partitions = meta.topics()[0].partitions().len();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let (mut ended, mut out) = (0, Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ended < partitions {
+            assert!(Instant::now() < deadline, "reading {topic} took over 60 s");
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(m)) => out.push(RawRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => ended += 1,
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        out.sort_by_key(|r| (r.partition, r.offset));
+        out
+    }
+
     /// Publish an event as a plain Kafka client would: JSON envelope, keyed.
     pub async fn publish(&self, key: &str, event: &Value) {
         let payload = event.to_string();
@@ -537,6 +587,16 @@ pub async fn create_topics(broker: &str, topics: &[String], partitions: i32) {
 pub use super::ip_block;
 
 /// A record of a dead-letter topic.
+/// One record as [`TestCluster::read_records`] read it.
+#[derive(Clone, Debug)]
+pub struct RawRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
 #[derive(Debug)]
 pub struct Letter {
     pub headers: std::collections::BTreeMap<String, String>,

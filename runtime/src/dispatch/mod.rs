@@ -13,6 +13,7 @@
 //! k.. are offered again (not only k), so a later event of the same entity is
 //! never left applied before an earlier one.
 
+pub mod keeper;
 mod secrets;
 
 use std::future::Future;
@@ -112,6 +113,8 @@ pub struct Dispatcher {
     /// that do not decode, so that this one need not (see
     /// [`LetteredElsewhere`]); none: this dispatcher letters them all.
     pub lettered_elsewhere: Option<Arc<dyn LetteredElsewhere>>,
+    /// Sees every record of the state topic (see [`keeper`]).
+    pub keeper: Option<Arc<keeper::Keeper>>,
 }
 
 /// A record that no node can decode is the same junk on every node: one
@@ -178,6 +181,7 @@ impl Dispatcher {
             // those past `start`.
             let start = events.len();
             let mut failure = self.decoder.decode_into(record, &mut events).err();
+            let mut looped = false;
             if let Some(looping) = events[start..].iter().find(|e| e.hops > self.max_hops) {
                 // A chain of handler publishes this long is a loop: end it
                 // here, on every node, with a letter that says so.
@@ -193,6 +197,20 @@ impl Dispatcher {
                     self.max_hops
                 ));
                 events.truncate(start);
+                looped = true;
+            }
+            // A loop's last event is refused on every node, whatever its
+            // version: it is nothing to keep, and putting the key's newest
+            // back would only run the loop again.
+            if let Some(keeper) = self.keeper.as_deref()
+                && *record.topic == *keeper.topic()
+                && !looped
+            {
+                let seen = match failure {
+                    None => keeper::Seen::Events(&events[start..]),
+                    Some(_) => keeper::Seen::Bad,
+                };
+                keeper.observe(record, seen);
             }
             if events.len() > MAX_EVENTS_IN_FLIGHT && start > 0 {
                 // The earlier records' events go first, on their own.

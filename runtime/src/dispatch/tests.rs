@@ -116,6 +116,7 @@ fn dispatcher(handlers: Vec<Arc<Scripted>>, letters: Arc<Letters>, attempts: u32
         max_hops: DEFAULT_MAX_HOPS,
         recent: Default::default(),
         lettered_elsewhere: None,
+        keeper: None,
     }
 }
 

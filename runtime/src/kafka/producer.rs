@@ -15,6 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::codec::stalwart;
 use crate::config::Config;
+use crate::dispatch::keeper::{Kept, Restorer};
 use crate::dispatch::{DeadLetter, DeadLetterSink, SinkError};
 use crate::effects::node::Publisher;
 use crate::event::{Body, Event};
@@ -243,6 +244,37 @@ impl Publisher for Producer {
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
             self.publish_keyed(key, event)
+                .await
+                .map(drop)
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+}
+
+impl Restorer for Producer {
+    /// The kept record again, byte for byte, with its signature headers.
+    fn restore<'a>(
+        &'a self,
+        kept: &'a Kept,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut headers = OwnedHeaders::new();
+            if let Some(sig) = &kept.signature {
+                headers = headers
+                    .insert(Header {
+                        key: KEY_ID_HEADER,
+                        value: Some(&sig.key_id),
+                    })
+                    .insert(Header {
+                        key: SIGNATURE_HEADER,
+                        value: Some(&sig.signature),
+                    });
+            }
+            let record = FutureRecord::<[u8], [u8]>::to(&self.topics.state)
+                .key(&kept.key)
+                .payload(&kept.value)
+                .headers(headers);
+            self.send(record)
                 .await
                 .map(drop)
                 .map_err(|e| format!("{e:#}"))
