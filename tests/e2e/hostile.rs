@@ -118,6 +118,24 @@ async fn a_wrong_outcome_count_fails_the_call() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn outcomes_that_alias_one_big_reason_are_refused_before_they_are_copied() {
+    let (c, node) = node_with("aliased", &[Install::builtin("fixtures/outcomes")]).await;
+    let before = node.peak_rss_kib();
+    // 1024 reasons, all the same 4 MiB of the guest's memory: 4 GiB to copy.
+    poison_then_carry_on(&c, &node, &ip_block("p-alias", "203.0.113.1", "block", "x")).await;
+    let letters = c.dead_letters(2).await;
+    let errors = of(&letters, "outcomes");
+    assert!(errors[0].contains("in one transfer"), "{errors:?}");
+    let peak = node.peak_rss_kib();
+    eprintln!("aliased outcomes: node peak RSS {before} KiB before, {peak} KiB after");
+    // Before: wasmtime's default budget let 128 MiB be copied per attempt.
+    assert!(
+        peak < before + 48 * 1024,
+        "peak RSS {peak} KiB, {before} KiB before"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_republish_loop_ends_at_the_hop_limit_and_unlisted_kinds_are_refused() {
     let (c, node) = node_with("republish", &[Install::builtin("fixtures/republish")]).await;
     let group = c.broadcast_group("a");

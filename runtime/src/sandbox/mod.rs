@@ -439,6 +439,12 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        // What the host copies out of the guest in one transfer (a host
+        // call's arguments, `handle`'s outcomes) is charged before it is
+        // copied: strings that all point at the same guest bytes cost each
+        // time, so no transfer makes the host hold more than this, whatever
+        // the guest aliases (wasmtime's default is 128 MiB).
+        store.set_hostcall_fuel(host::LIFTED_BYTES);
         // At every epoch tick while wasm runs: past the call's deadline, trap;
         // before it, yield to tokio. A call over a large batch never holds a
         // worker thread (and the node's other tasks on it: fetching,
@@ -628,7 +634,11 @@ fn classify(store: &mut Store<HostState>, e: wasmtime::Error, default: FailureKi
     let (stderr, _) = store.data().stderr.drain();
     // Put the lines back for flush_output to log them.
     let panic_at = stderr.iter().position(|l| l.contains("panicked at"));
-    let kind = if store.data().limits.hit {
+    // wasmtime's own words for a transfer past the hostcall fuel set at
+    // instantiation; its error type is private.
+    let copied_too_much =
+        format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted");
+    let kind = if store.data().limits.hit || copied_too_much {
         FailureKind::Memory
     } else if trap == Some(Trap::Interrupt) {
         FailureKind::Deadline
@@ -639,6 +649,13 @@ fn classify(store: &mut Store<HostState>, e: wasmtime::Error, default: FailureKi
     };
     let message = match kind {
         FailureKind::Deadline => "ran past its deadline and was interrupted".to_string(),
+        FailureKind::Memory if copied_too_much => format!(
+            "handed the host more than {} in one transfer (counting every string and list \
+             element, aliased or not)",
+            bytesize::ByteSize(host::LIFTED_BYTES as u64)
+                .display()
+                .iec()
+        ),
         FailureKind::Memory => format!(
             "tried to grow its memory past the cap of {}",
             bytesize::ByteSize(store.data().limits.cap).display().iec()
