@@ -116,13 +116,16 @@ impl Node {
         self.status(mode).assigned.load(Ordering::Relaxed)
     }
 
-    /// The topics a mode's group reads: both of herald's (a new node reads
-    /// the state topic from its start: every entity's latest record), and
-    /// Stalwart's for broadcast handlers.
-    fn topics(&self, mode: Mode) -> Vec<String> {
+    /// The topics both groups read: herald's two (a new node reads the
+    /// state topic from its start: every entity's latest record), and
+    /// Stalwart's when enabled.
+    fn topics(&self) -> Vec<String> {
         let t = &self.config.topics;
         let mut topics = vec![t.events.clone(), t.state.clone()];
-        if mode == Mode::Broadcast && self.config.stalwart.enabled {
+        // Broadcast handlers get Stalwart's events; the shared group reads
+        // the topic only to letter its junk once per cluster
+        // (`Dispatcher::only_letters`).
+        if self.config.stalwart.enabled {
             topics.push(self.config.stalwart.topic.clone());
         }
         topics
@@ -152,14 +155,18 @@ impl Node {
             recent: self.recent_letters.clone(),
             keeper: Some(self.keeper.clone()),
             lettered_elsewhere: (mode == Mode::Broadcast).then(|| {
+                let t = &self.config.topics;
+                let mut topics = vec![t.events.clone(), t.state.clone()];
+                if self.config.stalwart.enabled {
+                    topics.push(self.config.stalwart.topic.clone());
+                }
                 Arc::new(SharedGroupLetters {
                     registry: self.registry.clone(),
-                    topics: [
-                        self.config.topics.events.clone(),
-                        self.config.topics.state.clone(),
-                    ],
+                    topics,
                 }) as Arc<dyn LetteredElsewhere>
             }),
+            only_letters: (mode == Mode::Shared && self.config.stalwart.enabled)
+                .then(|| self.config.stalwart.topic.clone()),
             decoder: Decoder {
                 stalwart,
                 max_stalwart_events: self.config.stalwart.max_events_per_record,
@@ -214,7 +221,7 @@ impl Node {
         if let Some(firewall) = &self.effects.firewall {
             firewall.sync(&self.effects.blocklist).await;
         }
-        let mut topics = self.topics(Mode::Broadcast);
+        let mut topics = self.topics();
         topics.extend(
             topics
                 .clone()
@@ -299,7 +306,7 @@ impl Node {
                     let stop = shutdown.child_token();
                     let spec = consumer::Group {
                         id: group,
-                        topics: self.topics(mode),
+                        topics: self.topics(),
                         state_topic: Some(self.config.topics.state.clone()),
                         session_timeout,
                     };
@@ -478,14 +485,13 @@ pub fn stop_on_signals(token: CancellationToken) {
     });
 }
 
-/// The broadcast groups leave undecodable records of herald's own topics
-/// to the shared group, which reads them too, whenever this node has
-/// shared handlers (so the group exists): one letter per cluster instead of
-/// one per node and group. Stalwart's topic is read by broadcast groups
-/// alone, so each node letters what it cannot decode there.
+/// The broadcast groups leave undecodable records to the shared group,
+/// which reads every topic they read (Stalwart's only for that), whenever
+/// this node has shared handlers (so the group exists): one letter per
+/// cluster instead of one per node and group.
 struct SharedGroupLetters {
     registry: Arc<Registry>,
-    topics: [String; 2],
+    topics: Vec<String>,
 }
 
 impl LetteredElsewhere for SharedGroupLetters {

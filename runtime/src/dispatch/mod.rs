@@ -115,6 +115,10 @@ pub struct Dispatcher {
     pub lettered_elsewhere: Option<Arc<dyn LetteredElsewhere>>,
     /// Sees every record of the state topic (see [`keeper`]).
     pub keeper: Option<Arc<keeper::Keeper>>,
+    /// A topic read only to letter what does not decode, its events handled
+    /// by no handler of this dispatcher: Stalwart's topic, for the shared
+    /// group, so that its junk is lettered once per cluster too.
+    pub only_letters: Option<String>,
 }
 
 /// A record that no node can decode is the same junk on every node: one
@@ -211,6 +215,9 @@ impl Dispatcher {
                     Some(_) => keeper::Seen::Bad,
                 };
                 keeper.observe(record, seen);
+            }
+            if self.only_letters.as_deref() == Some(&*record.topic) {
+                events.truncate(start);
             }
             if events.len() > MAX_EVENTS_IN_FLIGHT && start > 0 {
                 // The earlier records' events go first, on their own.

@@ -117,6 +117,7 @@ fn dispatcher(handlers: Vec<Arc<Scripted>>, letters: Arc<Letters>, attempts: u32
         recent: Default::default(),
         lettered_elsewhere: None,
         keeper: None,
+        only_letters: None,
     }
 }
 
@@ -145,6 +146,22 @@ async fn junk_lettered_by_the_shared_group_is_only_counted_here() {
     let kept = letters.kept.lock().unwrap();
     let offsets: Vec<i64> = kept.iter().map(|k| k.0).collect();
     assert_eq!(offsets, vec![2], "{kept:?}");
+}
+
+#[tokio::test]
+async fn a_topic_read_only_for_letters_reaches_no_handler() {
+    let h = Scripted::new("h", &["ip-block"], vec![]);
+    let letters = Arc::new(Letters::default());
+    let mut d = dispatcher(vec![h.clone()], letters.clone(), 5);
+    d.only_letters = Some("stwt.agora".into());
+    let mut batch = records(3);
+    batch[1].topic = "stwt.agora".into();
+    batch[2].topic = "stwt.agora".into();
+    batch[2].value = Some(b"junk".to_vec());
+    d.handle(&batch, &CancellationToken::new()).await.unwrap();
+    assert_eq!(h.calls(), vec![ids(&["e0"])]);
+    let offsets: Vec<i64> = letters.kept.lock().unwrap().iter().map(|k| k.0).collect();
+    assert_eq!(offsets, vec![2]);
 }
 
 /// Records at offsets 0.. of partition 0, each an ip-block event whose
