@@ -247,6 +247,58 @@ async fn a_flood_of_api_connections_does_not_stop_the_event_path() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn another_local_user_holding_connections_takes_nobody_elses_slots() {
+    let mut c = TestCluster::new("peruser", 1, &[Install::builtin("blocking")]).await;
+    c.settings = json!({"api": {"maxConnectionsPerClient": 20, "headerTimeout": "60s"}});
+    let mut node = c.start("a");
+    node.wait_assigned(&c.broadcast_group("a"));
+    let addr = node.api().trim_start_matches("http://").to_string();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    // User 65534 (nobody) opens 40 connections over TCP loopback, all from
+    // 127.0.0.1 like every local user, and holds them.
+    let script = format!(
+        "for i in $(seq 40); do exec {{fd}}<>/dev/tcp/{host}/{port}; done; echo held; exec sleep 600"
+    );
+    let mut other = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "bash",
+            "-c",
+            &script,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(other.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    // Its own bound stopped it at 20...
+    let metrics = api::metrics(&mut node).await;
+    assert!(
+        metrics.contains(
+            r#"herald_api_connections_refused_total{why="api.maxConnectionsPerClient"} 20"#
+        ),
+        "{metrics}"
+    );
+    // ...and this user (the mail server, say) is not refused: its slots are
+    // its own. (By address, the other user's 20 would have been its too.)
+    let held: Vec<std::net::TcpStream> = (0..19)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let (status, v) = api::get(&mut node, "/v1/blocklist").await;
+    assert_eq!(status, 200, "{v}");
+    drop(held);
+    let _ = other.kill();
+    let _ = other.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_junk_is_dead_lettered_in_batches() {
     const JUNK: usize = 20_000;
     let c = TestCluster::new("junk", 1, &[Install::builtin("blocking")]).await;

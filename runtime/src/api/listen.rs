@@ -5,14 +5,17 @@
 //! connections, each a task and buffers, until the node runs out of memory
 //! or file descriptors that the event path needs too. Here every
 //! connection takes a slot: at most `api.maxConnections` in all and
-//! `api.maxConnectionsPerClient` per client (its address over TCP, its user
-//! id over the Unix socket). Past either, the connection gets a `503` at
+//! `api.maxConnectionsPerClient` per client: its user id over the Unix
+//! socket, and over TCP too when it connects from this machine (the owner
+//! of its socket, from the kernel's socket table: every local user comes
+//! from 127.0.0.1, so by address one of them could take every other local
+//! user's slots, the mail server's included); its address otherwise. Past either, the connection gets a `503` at
 //! once and is closed, before any request is read. A connection must send
 //! a request's headers within `api.headerTimeout`, also between the
 //! requests of a kept-alive connection, so idle ones give their slot back.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,30 +36,83 @@ pub enum Client {
     Unknown,
 }
 
+/// Who a connection comes from, as far as accepting it tells.
+#[derive(Clone, Copy, Debug)]
+pub enum Peer {
+    Known(Client),
+    /// A TCP connection from this machine: its user is looked up (only
+    /// once the connection may be admitted at all, since that reads the
+    /// kernel's socket table).
+    Local {
+        local: SocketAddr,
+        peer: SocketAddr,
+    },
+}
+
+impl Peer {
+    fn client(self) -> Client {
+        match self {
+            Peer::Known(client) => client,
+            Peer::Local { local, peer } => match local_uid(local, peer) {
+                Some(uid) => Client::User(uid),
+                None => Client::Address(peer.ip()),
+            },
+        }
+    }
+}
+
+/// The owner of the client's end of a TCP connection from this machine:
+/// the socket whose local address is `peer` and remote address `local`.
+fn local_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
+    let unmap = |a: SocketAddr| match a.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => a,
+        },
+        IpAddr::V4(_) => a,
+    };
+    let (local, peer) = (unmap(local), unmap(peer));
+    let table = match peer {
+        SocketAddr::V4(_) => procfs::net::tcp(),
+        SocketAddr::V6(_) => procfs::net::tcp6(),
+    }
+    .ok()?;
+    table
+        .into_iter()
+        .find(|e| e.local_address == peer && e.remote_address == local)
+        .map(|e| e.uid)
+}
+
 /// A listener the API serves: TCP or the Unix socket.
 pub trait Accept: Send + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Io, Client)>> + Send;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Io, Peer)>> + Send;
 }
 
 impl Accept for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<(Self::Io, Client)> {
+    async fn accept(&self) -> std::io::Result<(Self::Io, Peer)> {
         let (io, peer) = tokio::net::TcpListener::accept(self).await?;
         let _ = io.set_nodelay(true);
-        Ok((io, Client::Address(peer.ip())))
+        let who = match io.local_addr() {
+            Ok(local) if peer.ip().is_loopback() || peer.ip() == local.ip() => {
+                Peer::Local { local, peer }
+            }
+            _ => Peer::Known(Client::Address(peer.ip())),
+        };
+        Ok((io, who))
     }
 }
 
 impl Accept for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<(Self::Io, Client)> {
+    async fn accept(&self) -> std::io::Result<(Self::Io, Peer)> {
         let (io, _) = tokio::net::UnixListener::accept(self).await?;
         let client = match io.peer_cred() {
             Ok(cred) => Client::User(cred.uid()),
             Err(_) => Client::Unknown,
         };
-        Ok((io, client))
+        Ok((io, Peer::Known(client)))
     }
 }
 
@@ -126,7 +182,7 @@ pub async fn serve(listener: impl Accept, app: Router, limits: Limits, stop: Can
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let (mut io, client) = match accepted {
+        let (mut io, who) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors, most likely: wait rather than spin,
@@ -138,6 +194,10 @@ pub async fn serve(listener: impl Accept, app: Router, limits: Limits, stop: Can
                 continue;
             }
         };
+        // Past the total bound the connection is refused whoever it is,
+        // without the cost of finding out.
+        let full = slots.lock().unwrap().total >= limits.connections;
+        let client = if full { Client::Unknown } else { who.client() };
         let slot = match admit(&slots, limits, client) {
             Ok(slot) => slot,
             Err(bound) => {
@@ -194,5 +254,16 @@ mod tests {
         drop(first);
         let _again = admit(&slots, limits, a).unwrap();
         assert_eq!(slots.lock().unwrap().total, 3);
+    }
+
+    #[tokio::test]
+    async fn a_local_tcp_client_is_known_by_its_user() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_io, who) = Accept::accept(&listener).await.unwrap();
+        let me = std::fs::metadata("/proc/self").unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(who.client(), Client::User(me.uid()));
     }
 }
