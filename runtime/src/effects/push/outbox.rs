@@ -56,7 +56,10 @@ pub const OUTBOX_FILE: &str = "push-outbox.log";
 /// Requests in flight at once to one push service origin.
 pub const PER_ORIGIN_CONCURRENCY: usize = 4;
 /// Messages waiting for one origin before more are refused.
+#[cfg(not(test))]
 pub const PER_ORIGIN_WAITING: usize = 1_000;
+#[cfg(test)]
+pub const PER_ORIGIN_WAITING: usize = 8;
 /// Messages waiting in all before the handler call is asked to retry.
 pub const MAX_WAITING: usize = 10_000;
 /// The shortest time a message is tried for, whatever its TTL.
@@ -191,6 +194,11 @@ impl Outbox {
         lock(&self.inner.file).pending.len()
     }
 
+    /// Push service origins with messages waiting or a breaker open.
+    pub fn origins(&self) -> usize {
+        lock(&self.inner.origins).len()
+    }
+
     /// Check `queued` and queue it: refused at once if it can never be sent
     /// ([`EffectError::Invalid`]) or its origin has too many waiting; asked to
     /// come back later ([`EffectError::Transient`]) when the outbox is full
@@ -214,16 +222,11 @@ impl Outbox {
                 )));
             }
         }
-        let slot = self.inner.origin(&origin);
-        {
-            let mut waiting = lock(&slot.waiting);
-            if *waiting >= PER_ORIGIN_WAITING {
-                return Err(EffectError::Invalid(format!(
-                    "the push service at {origin} already has {PER_ORIGIN_WAITING} undelivered messages waiting"
-                )));
-            }
-            *waiting += 1;
-        }
+        let slot = self.inner.claim(&origin).ok_or_else(|| {
+            EffectError::Invalid(format!(
+                "the push service at {origin} already has {PER_ORIGIN_WAITING} undelivered messages waiting"
+            ))
+        })?;
         let inner = self.inner.clone();
         let line = queued.clone();
         let written = tokio::task::spawn_blocking(move || lock(&inner.file).queue(line))
@@ -233,11 +236,11 @@ impl Outbox {
         match written {
             Ok(true) => {}
             Ok(false) => {
-                *lock(&slot.waiting) -= 1;
+                self.inner.release(&origin);
                 return Ok(Submitted::Before);
             }
             Err(why) => {
-                *lock(&slot.waiting) -= 1;
+                self.inner.release(&origin);
                 return Err(EffectError::Transient(format!(
                     "queueing the push failed: {why}"
                 )));
@@ -248,10 +251,10 @@ impl Outbox {
         Ok(Submitted::Queued)
     }
 
-    /// Start delivering a message already in the file.
+    /// Start delivering a message already in the file (whatever its
+    /// origin's count: it was admitted before the restart).
     fn start(&self, origin: String, queued: Queued) {
-        let slot = self.inner.origin(&origin);
-        *lock(&slot.waiting) += 1;
+        let slot = self.inner.claim_always(&origin);
         metrics::gauge!("herald_push_waiting").increment(1.0);
         self.spawn(origin, slot, queued);
     }
@@ -260,7 +263,7 @@ impl Outbox {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             inner.deliver(&origin, &slot, &queued).await;
-            *lock(&slot.waiting) -= 1;
+            inner.release(&origin);
             metrics::gauge!("herald_push_waiting").decrement(1.0);
             let (i, id) = (inner.clone(), queued.event_id.clone());
             // Syncing the end is blocking work.
@@ -270,17 +273,43 @@ impl Outbox {
 }
 
 impl Inner {
-    fn origin(&self, origin: &str) -> Arc<Origin> {
-        lock(&self.origins)
-            .entry(origin.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Origin {
-                    slots: Semaphore::new(PER_ORIGIN_CONCURRENCY),
-                    waiting: Mutex::new(0),
-                    closed_until: Mutex::new(0),
-                })
-            })
-            .clone()
+    /// Count one more message waiting for `origin`, unless it has
+    /// [`PER_ORIGIN_WAITING`] already.
+    fn claim(&self, origin: &str) -> Option<Arc<Origin>> {
+        let mut origins = lock(&self.origins);
+        let slot = origins.entry(origin.to_owned()).or_insert_with(new_origin);
+        let mut waiting = lock(&slot.waiting);
+        if *waiting >= PER_ORIGIN_WAITING {
+            return None;
+        }
+        *waiting += 1;
+        drop(waiting);
+        Some(slot.clone())
+    }
+
+    fn claim_always(&self, origin: &str) -> Arc<Origin> {
+        let mut origins = lock(&self.origins);
+        let slot = origins.entry(origin.to_owned()).or_insert_with(new_origin);
+        *lock(&slot.waiting) += 1;
+        slot.clone()
+    }
+
+    /// One message for `origin` fewer; an origin with none left and its
+    /// breaker closed is forgotten (under the same lock as [`Inner::claim`],
+    /// so no message is counted on a forgotten one): one per push service
+    /// ever seen would otherwise pile up.
+    fn release(&self, origin: &str) {
+        let mut origins = lock(&self.origins);
+        let Some(slot) = origins.get(origin) else {
+            return;
+        };
+        let mut waiting = lock(&slot.waiting);
+        *waiting = waiting.saturating_sub(1);
+        let idle = *waiting == 0 && *lock(&slot.closed_until) <= now_ms();
+        drop(waiting);
+        if idle {
+            origins.remove(origin);
+        }
     }
 
     /// Try `queued` until it is delivered, refused or out of time.
@@ -353,6 +382,14 @@ impl Inner {
             tracing::warn!(event_id = id, "recording the end of a push failed: {err:#}");
         }
     }
+}
+
+fn new_origin() -> Arc<Origin> {
+    Arc::new(Origin {
+        slots: Semaphore::new(PER_ORIGIN_CONCURRENCY),
+        waiting: Mutex::new(0),
+        closed_until: Mutex::new(0),
+    })
 }
 
 fn expired(id: &str, origin: &str, why: &str) {

@@ -882,6 +882,8 @@ async fn a_tarpit_endpoint_does_not_hold_another_subscriptions_push() {
     // its retry schedule came first.
     assert_eq!(*connections.lock().unwrap(), 1);
     eventually("the good push ended", || outbox.waiting() == 1).await;
+    // Its origin is forgotten once nothing waits for it; the tarpit's is not.
+    eventually("the good origin forgotten", || outbox.origins() == 1).await;
     // The same event again is not queued twice.
     assert_eq!(
         outbox.submit(queued("to-tarpit", &stuck)).await,
@@ -954,4 +956,22 @@ async fn a_gone_subscription_is_reported_from_the_background() {
         1,
         "a gone subscription was tried again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_push_service_holds_a_bounded_number_of_waiting_messages() {
+    let (stuck, _) = tarpit().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _gone) = Outbox::open(dir.path(), client(dir.path(), settings())).unwrap();
+    for i in 0..outbox::PER_ORIGIN_WAITING {
+        let sent = outbox.submit(queued(&format!("q{i}"), &stuck)).await;
+        assert_eq!(sent, Ok(Submitted::Queued));
+    }
+    match outbox.submit(queued("one-too-many", &stuck)).await {
+        Err(EffectError::Invalid(why)) => {
+            assert!(why.contains("undelivered messages waiting"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(outbox.waiting(), outbox::PER_ORIGIN_WAITING);
 }
