@@ -151,6 +151,20 @@ async fn publish_through_restarts(
     [a, b, n3]
 }
 
+/// A cluster of blocking nodes on 4 partitions trusting one publisher's
+/// key, that key, and a random generator whose seed is printed.
+async fn trusting_cluster(name: &str) -> (Rng, TestCluster, NodeKey) {
+    let seed = now_ms() | 1;
+    eprintln!("{name}: seed {seed}");
+    let mut c = TestCluster::new(name, 4, &[Install::builtin("blocking")]).await;
+    let ops = NodeKey::load_or_create(&c.dir.path().join("ops.key"))
+        .unwrap()
+        .0;
+    c.settings = json!({"trust": {"keys": {
+        ops.id(): {"publicKey": public_key_text(&ops.public()), "kinds": ["*"]}}}});
+    (Rng(seed), c, ops)
+}
+
 /// The three nodes' lists, once each is `want` (network and version id,
 /// in force): awaited, since a restarted node may still be replaying.
 async fn caught_up(
@@ -194,15 +208,7 @@ async fn entries(node: &mut NodeProcess) -> BTreeMap<String, Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_node_ends_with_the_blocklist_the_versions_decide() {
-    let seed = now_ms() | 1;
-    eprintln!("converge: seed {seed}");
-    let mut rng = Rng(seed);
-    let mut c = TestCluster::new("converge", 4, &[Install::builtin("blocking")]).await;
-    let ops = NodeKey::load_or_create(&c.dir.path().join("ops.key"))
-        .unwrap()
-        .0;
-    c.settings = json!({"trust": {"keys": {
-        ops.id(): {"publicKey": public_key_text(&ops.public()), "kinds": ["*"]}}}});
+    let (mut rng, mut c, ops) = trusting_cluster("converge").await;
 
     // The history: 240 writes to six networks, each in a random spelling,
     // with versions (ts, id) that a publisher's clock gave them: mostly
@@ -511,15 +517,7 @@ fn version_of(value: Option<&[u8]>) -> Option<(u64, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn what_compaction_keeps_of_the_state_topic_is_still_the_newest() {
-    let seed = now_ms() | 1;
-    eprintln!("compaction: seed {seed}");
-    let mut rng = Rng(seed);
-    let mut c = TestCluster::new("compaction", 4, &[Install::builtin("blocking")]).await;
-    let ops = NodeKey::load_or_create(&c.dir.path().join("ops.key"))
-        .unwrap()
-        .0;
-    c.settings = json!({"trust": {"keys": {
-        ops.id(): {"publicKey": public_key_text(&ops.public()), "kinds": ["*"]}}}});
+    let (mut rng, mut c, ops) = trusting_cluster("compaction").await;
     // 120 single-event writes in random spellings, versions rising.
     let nets = networks();
     let start = now_ms() - 600_000;

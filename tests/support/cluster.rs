@@ -434,43 +434,16 @@ impl TestCluster {
     /// Every record on `topic` now, values and header values, read from the
     /// start to the end of each partition.
     pub fn read_all(&self, topic: &str) -> Vec<Vec<u8>> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        use rdkafka::message::{Headers, Message};
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.broker)
-            .set("group.id", unique("reader"))
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        let meta = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
-        let partitions = meta.topics()[0].partitions().len();
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for p in 0..partitions as i32 {
-            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
-        let (mut ended, mut out) = (0, Vec::new());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ended < partitions {
-            assert!(Instant::now() < deadline, "reading {topic} took over 60 s");
-            match consumer.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) => {
-                    let mut bytes = m.payload().unwrap_or_default().to_vec();
-                    for h in m.headers().map(|h| h.iter().collect()).unwrap_or(vec![]) {
-                        bytes.extend_from_slice(h.value.unwrap_or_default());
-                    }
-                    out.push(bytes);
+        self.read_records(topic)
+            .into_iter()
+            .map(|r| {
+                let mut bytes = r.value.unwrap_or_default();
+                for (_, value) in r.headers {
+                    bytes.extend_from_slice(&value);
                 }
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => ended += 1,
-                Some(Err(e)) => panic!("reading {topic}: {e}"),
-                None => {}
-            }
-        }
-        out
+                bytes
+            })
+            .collect()
     }
 
     /// Every record on `topic` now, in offset order per partition: its

@@ -260,15 +260,7 @@ impl Restorer for Producer {
         Box::pin(async move {
             let mut headers = OwnedHeaders::new();
             if let Some(sig) = &kept.signature {
-                headers = headers
-                    .insert(Header {
-                        key: KEY_ID_HEADER,
-                        value: Some(&sig.key_id),
-                    })
-                    .insert(Header {
-                        key: SIGNATURE_HEADER,
-                        value: Some(&sig.signature),
-                    });
+                headers = with_signature(headers, &sig.key_id, &sig.signature);
             }
             let record = FutureRecord::<[u8], [u8]>::to(&self.topics.state)
                 .key(&kept.key)
@@ -311,15 +303,7 @@ impl DeadLetterSink for Producer {
             if let Some(sig) = &o.signature
                 && letter.payload_dropped.is_none()
             {
-                headers = headers
-                    .insert(Header {
-                        key: KEY_ID_HEADER,
-                        value: Some(&sig.key_id),
-                    })
-                    .insert(Header {
-                        key: SIGNATURE_HEADER,
-                        value: Some(&sig.signature),
-                    });
+                headers = with_signature(headers, &sig.key_id, &sig.signature);
             }
             let dropped = letter.payload_dropped.map(|n| n.to_string());
             if let Some(bytes) = &dropped {
@@ -361,6 +345,19 @@ fn classify(topic: &str, e: KafkaError) -> SinkError {
         ) => SinkError::Refused(text),
         _ => SinkError::Transient(text),
     }
+}
+
+/// `headers` and a record's signature headers, as its publisher made them.
+fn with_signature(headers: OwnedHeaders, key_id: &[u8], signature: &[u8]) -> OwnedHeaders {
+    headers
+        .insert(Header {
+            key: KEY_ID_HEADER,
+            value: Some(key_id),
+        })
+        .insert(Header {
+            key: SIGNATURE_HEADER,
+            value: Some(signature),
+        })
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
