@@ -155,14 +155,9 @@ impl Node {
             recent: self.recent_letters.clone(),
             keeper: Some(self.keeper.clone()),
             lettered_elsewhere: (mode == Mode::Broadcast).then(|| {
-                let t = &self.config.topics;
-                let mut topics = vec![t.events.clone(), t.state.clone()];
-                if self.config.stalwart.enabled {
-                    topics.push(self.config.stalwart.topic.clone());
-                }
                 Arc::new(SharedGroupLetters {
                     registry: self.registry.clone(),
-                    topics,
+                    topics: self.topics(),
                 }) as Arc<dyn LetteredElsewhere>
             }),
             only_letters: (mode == Mode::Shared && self.config.stalwart.enabled)

@@ -67,6 +67,19 @@ impl Stream {
 /// `GET path` on `node`'s API with the test token: the status and the JSON
 /// body (null if it is not JSON).
 pub async fn get(node: &mut NodeProcess, path: &str) -> (u16, Value) {
+    let (status, text) = get_text(node, path).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// `GET /metrics` on `node`'s API with the test token: the exposition text.
+pub async fn metrics(node: &mut NodeProcess) -> String {
+    let (status, text) = get_text(node, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// `GET path` with the test token: the status and the body as text.
+async fn get_text(node: &mut NodeProcess, path: &str) -> (u16, String) {
     let r = reqwest::Client::new()
         .get(format!("{}{path}", node.api()))
         .bearer_auth(TOKEN)
@@ -74,18 +87,5 @@ pub async fn get(node: &mut NodeProcess, path: &str) -> (u16, Value) {
         .await
         .unwrap();
     let status = r.status().as_u16();
-    let text = r.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// `GET /metrics` on `node`'s API with the test token: the exposition text.
-pub async fn metrics(node: &mut NodeProcess) -> String {
-    let r = reqwest::Client::new()
-        .get(format!("{}/metrics", node.api()))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    r.text().await.unwrap()
+    (status, r.text().await.unwrap_or_default())
 }

@@ -139,19 +139,22 @@ impl Keeper {
             // Compaction keeps unkeyed records apart from every key.
             return;
         };
-        let newest = match (seen, record.value.as_deref()) {
-            (Seen::Events(events), Some(value)) => one_entity(events).map(|version| Kept {
-                key: key.to_vec(),
-                value: value.to_vec(),
-                signature: record.signature.as_ref().map(kept_signature),
-                version,
-            }),
+        // The version of a record that may be kept; the record itself is
+        // copied only when it is the key's newest.
+        let version = match (&seen, record.value.as_deref()) {
+            (Seen::Events(events), Some(_)) => one_entity(events),
             _ => None,
         };
         let mut inner = lock(&self.inner);
         let held = inner.kept.get(key).map(|k| k.version.clone());
-        match (newest, held) {
-            (Some(new), held) if held.as_ref().is_none_or(|h| new.version > *h) => {
+        match (version, held) {
+            (Some(version), held) if held.as_ref().is_none_or(|h| version > *h) => {
+                let new = Kept {
+                    key: key.to_vec(),
+                    value: record.value.clone().unwrap_or_default(),
+                    signature: record.signature.as_ref().map(kept_signature),
+                    version,
+                };
                 let Inner {
                     kept, due, file, ..
                 } = &mut *inner;
@@ -166,7 +169,7 @@ impl Keeper {
                     tracing::warn!("compacting the kept state records failed: {err:#}");
                 }
             }
-            (Some(new), Some(held)) if new.version == held => {
+            (Some(version), Some(held)) if version == held => {
                 // The newest again (put back by a node, or a replay of it).
                 inner.due.remove(key);
             }

@@ -143,7 +143,8 @@ pub fn encrypt(receiver: &Receiver, payload: &[u8]) -> Result<Vec<u8>, String> {
     Ok(seal(receiver, payload, &ephemeral, &salt))
 }
 
-fn check_size(payload: &[u8]) -> Result<(), String> {
+/// A payload too large for one record is refused, naming `payload`.
+pub fn check_size(payload: &[u8]) -> Result<(), String> {
     if payload.len() > MAX_PAYLOAD {
         return Err(format!(
             "field `payload`: {} bytes, more than the {MAX_PAYLOAD} an encrypted Web Push message can carry (RFC 8291 §4: one record of 4096 bytes)",

@@ -283,30 +283,30 @@ impl PushClient {
     /// keys, a payload too large to encrypt) without a request; the
     /// endpoint's origin otherwise.
     pub fn check(&self, event_id: &str, message: &Message<'_>) -> Result<String, EffectError> {
-        let (url, _) = self.prepare(event_id, message)?;
+        let (url, _) = self.validate(event_id, message)?;
         Ok(url.origin().ascii_serialization())
     }
 
-    /// The checks of [`PushClient::check`], and the body to send.
-    fn prepare(
+    /// The checks of [`PushClient::check`]: the endpoint's URL, and whom
+    /// to encrypt for (none without keys). Nothing is encrypted yet.
+    fn validate(
         &self,
         event_id: &str,
         message: &Message<'_>,
-    ) -> Result<(Url, Option<Vec<u8>>), EffectError> {
+    ) -> Result<(Url, Option<ece::Receiver>), EffectError> {
         check_event_id(event_id)?;
         let url = check_endpoint(message.endpoint, self.settings.allow_private)?;
         if let Some(topic) = message.topic {
             check_topic(topic)?;
         }
-        let body = match message.keys {
+        let receiver = match message.keys {
             Some(keys) => {
-                let receiver =
-                    ece::Receiver::parse(&keys.p256dh, &keys.auth).map_err(EffectError::Invalid)?;
-                Some(ece::encrypt(&receiver, message.payload).map_err(EffectError::Invalid)?)
+                ece::check_size(message.payload).map_err(EffectError::Invalid)?;
+                Some(ece::Receiver::parse(&keys.p256dh, &keys.auth).map_err(EffectError::Invalid)?)
             }
             None => None,
         };
-        Ok((url, body))
+        Ok((url, receiver))
     }
 
     async fn deliver_inner(
@@ -314,12 +314,19 @@ impl PushClient {
         event_id: &str,
         message: &Message<'_>,
     ) -> Result<Delivered, EffectError> {
-        check_event_id(event_id)?;
+        // (An id that cannot be recorded is never in the log: `validate`
+        // refuses it.)
         if lock(&self.log).contains(event_id) {
             return Ok(Delivered::Before);
         }
+        let (url, receiver) = self.validate(event_id, message)?;
         // Encrypted once: every attempt sends the same body.
-        let (url, body) = self.prepare(event_id, message)?;
+        let body = match receiver {
+            Some(receiver) => {
+                Some(ece::encrypt(&receiver, message.payload).map_err(EffectError::Invalid)?)
+            }
+            None => None,
+        };
 
         let _guard = self.claim(event_id).await;
         // Another call for the same id may have delivered while we waited.

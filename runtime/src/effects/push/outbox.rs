@@ -185,16 +185,12 @@ impl Outbox {
         Ok((outbox, rx))
     }
 
-    pub fn client(&self) -> &PushClient {
-        &self.inner.client
-    }
-
     /// Messages queued and not ended.
     pub fn waiting(&self) -> usize {
         lock(&self.inner.file).pending.len()
     }
 
-    /// Push service origins with messages waiting or a breaker open.
+    /// Push service origins with messages waiting.
     pub fn origins(&self) -> usize {
         lock(&self.inner.origins).len()
     }
@@ -222,7 +218,7 @@ impl Outbox {
                 )));
             }
         }
-        let slot = self.inner.claim(&origin).ok_or_else(|| {
+        let slot = self.inner.claim(&origin, PER_ORIGIN_WAITING).ok_or_else(|| {
             EffectError::Invalid(format!(
                 "the push service at {origin} already has {PER_ORIGIN_WAITING} undelivered messages waiting"
             ))
@@ -254,7 +250,10 @@ impl Outbox {
     /// Start delivering a message already in the file (whatever its
     /// origin's count: it was admitted before the restart).
     fn start(&self, origin: String, queued: Queued) {
-        let slot = self.inner.claim_always(&origin);
+        let slot = self
+            .inner
+            .claim(&origin, usize::MAX)
+            .expect("no bound to reach");
         metrics::gauge!("herald_push_waiting").increment(1.0);
         self.spawn(origin, slot, queued);
     }
@@ -273,13 +272,13 @@ impl Outbox {
 }
 
 impl Inner {
-    /// Count one more message waiting for `origin`, unless it has
-    /// [`PER_ORIGIN_WAITING`] already.
-    fn claim(&self, origin: &str) -> Option<Arc<Origin>> {
+    /// Count one more message waiting for `origin`, unless it has `most`
+    /// already.
+    fn claim(&self, origin: &str, most: usize) -> Option<Arc<Origin>> {
         let mut origins = lock(&self.origins);
         let slot = origins.entry(origin.to_owned()).or_insert_with(new_origin);
         let mut waiting = lock(&slot.waiting);
-        if *waiting >= PER_ORIGIN_WAITING {
+        if *waiting >= most {
             return None;
         }
         *waiting += 1;
@@ -287,17 +286,11 @@ impl Inner {
         Some(slot.clone())
     }
 
-    fn claim_always(&self, origin: &str) -> Arc<Origin> {
-        let mut origins = lock(&self.origins);
-        let slot = origins.entry(origin.to_owned()).or_insert_with(new_origin);
-        *lock(&slot.waiting) += 1;
-        slot.clone()
-    }
-
-    /// One message for `origin` fewer; an origin with none left and its
-    /// breaker closed is forgotten (under the same lock as [`Inner::claim`],
-    /// so no message is counted on a forgotten one): one per push service
-    /// ever seen would otherwise pile up.
+    /// One message for `origin` fewer; an origin with none left is
+    /// forgotten, breaker and all (under the same lock as [`Inner::claim`],
+    /// so no message is counted on a forgotten one): its breaker held back
+    /// only messages that were waiting, and one entry per push service ever
+    /// seen would otherwise pile up.
     fn release(&self, origin: &str) {
         let mut origins = lock(&self.origins);
         let Some(slot) = origins.get(origin) else {
@@ -305,7 +298,7 @@ impl Inner {
         };
         let mut waiting = lock(&slot.waiting);
         *waiting = waiting.saturating_sub(1);
-        let idle = *waiting == 0 && *lock(&slot.closed_until) <= now_ms();
+        let idle = *waiting == 0;
         drop(waiting);
         if idle {
             origins.remove(origin);
