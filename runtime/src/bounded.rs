@@ -34,6 +34,23 @@ pub fn reason(text: String) -> String {
     }
 }
 
+/// An error with its chain of causes, each cause not already in the text
+/// added after a colon: reqwest's own text leaves out why a connection
+/// failed ("connection refused", a DNS error).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,11 @@ enum Command {
         /// Print the API's JSON instead, for scripts.
         #[arg(long)]
         json: bool,
+        /// Also list every node heard from (version, handlers, lag) and name
+        /// the silent ones; exits 1 when one is silent or this node's own
+        /// probes do not come back.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Work with the configuration file.
     #[command(subcommand)]
@@ -96,6 +101,28 @@ enum HandlerCmd {
     },
     /// Ask the running node (through its local API) to re-read its handler folder.
     Reload {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Stop one broadcast handler's consumption while the others go on; its
+    /// offsets stay where they were (in a group of its own).
+    Pause {
+        name: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Restart a paused handler where it stopped.
+    Resume {
+        name: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Make one broadcast handler, alone in a group of its own, handle the
+    /// history again from a time (RFC 3339), an offset, or `earliest`.
+    Replay {
+        name: String,
+        #[arg(long)]
+        from: String,
         #[arg(long)]
         config: PathBuf,
     },
@@ -235,8 +262,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish { config, event } => {
             herald::cli::node::publish(&config, &event, &mut stdout).await?
         }
-        Command::Status { config, json } => {
-            if !herald::cli::status::status(&config, json, &mut stdout).await? {
+        Command::Status {
+            config,
+            json,
+            cluster,
+        } => {
+            if !herald::cli::status::status(&config, json, cluster, &mut stdout).await? {
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -260,6 +291,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Handler(HandlerCmd::Reload { config }) => {
             if !herald::cli::node::reload(&config, &mut stdout).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Handler(HandlerCmd::Pause { name, config }) => {
+            if !herald::cli::node::control(&config, &name, "pause", None, &mut stdout).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Handler(HandlerCmd::Resume { name, config }) => {
+            if !herald::cli::node::control(&config, &name, "resume", None, &mut stdout).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Handler(HandlerCmd::Replay { name, from, config }) => {
+            if !herald::cli::node::control(&config, &name, "replay", Some(&from), &mut stdout)
+                .await?
+            {
                 return Ok(ExitCode::FAILURE);
             }
         }

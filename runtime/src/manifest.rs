@@ -42,6 +42,59 @@ pub enum Mode {
     Shared,
 }
 
+impl Mode {
+    /// As manifests spell it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Broadcast => "broadcast",
+            Mode::Shared => "shared",
+        }
+    }
+}
+
+/// Where a handler starts: a manifest's `start`, or `herald handler replay
+/// --from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    /// The oldest record each partition still holds.
+    Earliest,
+    /// Past the last record: only what is published from now on.
+    Latest,
+    /// The first record at or after this time (Unix ms), by the records'
+    /// timestamps.
+    Time(u64),
+    /// This offset in every partition (held to what the partition holds).
+    Offset(i64),
+}
+
+impl std::str::FromStr for StartAt {
+    type Err = anyhow::Error;
+
+    /// `earliest`, `latest`, an RFC 3339 time (`2026-12-04T10:00:00Z`), or
+    /// an offset (a number).
+    fn from_str(s: &str) -> anyhow::Result<StartAt> {
+        Ok(match s {
+            "earliest" => StartAt::Earliest,
+            "latest" => StartAt::Latest,
+            _ if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() => {
+                StartAt::Offset(s.parse().map_err(|e| anyhow!("offset `{s}`: {e}"))?)
+            }
+            _ => {
+                let t = humantime::parse_rfc3339_weak(s).map_err(|e| {
+                    anyhow!(
+                        "`{s}` is not `earliest`, `latest`, an offset or an RFC 3339 time \
+                         (2026-12-04T10:00:00Z): {e}"
+                    )
+                })?;
+                StartAt::Time(
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                )
+            }
+        })
+    }
+}
+
 /// A host interface a handler may import.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
@@ -133,6 +186,10 @@ pub struct Manifest {
     pub publish: BTreeSet<String>,
     pub limits: Limits,
     pub settings: BTreeMap<String, String>,
+    /// Where the handler starts when a node first runs it (`start`):
+    /// none, where its mode's group is; otherwise in a group of its own,
+    /// from there (broadcast handlers only).
+    pub start: Option<StartAt>,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +209,8 @@ struct Raw {
     limits: RawLimits,
     #[serde(default)]
     settings: BTreeMap<String, String>,
+    #[serde(default)]
+    start: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -253,8 +312,17 @@ impl Manifest {
                  handler of its own"
             );
         }
+        let start = match &raw.start {
+            None => None,
+            Some(_) if raw.mode == Mode::Shared => bail!(
+                "field `start`: only a broadcast handler has a start of its own (a shared \
+                 handler's partitions belong to the whole cluster's group)"
+            ),
+            Some(s) => Some(s.parse().map_err(|e| anyhow!("field `start`: {e}"))?),
+        };
         capabilities.extend(Capability::IMPLICIT);
         Ok(Manifest {
+            start,
             name: raw.name.unwrap_or_else(|| default_name.to_string()),
             version: raw.version.unwrap_or_else(|| "0.0.0".to_string()),
             subscribe: raw.subscribe.into_iter().collect(),
@@ -298,6 +366,19 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_is_read_from_its_text() {
+        assert_eq!("earliest".parse::<StartAt>().unwrap(), StartAt::Earliest);
+        assert_eq!("latest".parse::<StartAt>().unwrap(), StartAt::Latest);
+        assert_eq!("42".parse::<StartAt>().unwrap(), StartAt::Offset(42));
+        assert_eq!(
+            "2026-12-04T10:00:00Z".parse::<StartAt>().unwrap(),
+            StartAt::Time(1_796_378_400_000)
+        );
+        let e = "yesterday".parse::<StartAt>().unwrap_err().to_string();
+        assert!(e.contains("`yesterday` is not"), "{e}");
+    }
 
     #[test]
     fn full_manifest() {

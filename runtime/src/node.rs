@@ -8,6 +8,7 @@
 //! would take partitions and commit events that no handler saw. Hot reload
 //! can therefore make the node join or leave a group.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,13 +21,18 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::codec::Decoder;
 use crate::config::Config;
+use crate::control::{self, Control};
 use crate::dispatch::keeper::Keeper;
+use crate::dispatch::pointers::{self, Resolver};
+use crate::dispatch::probe::Prober;
 use crate::dispatch::{self, Dispatcher, LetteredElsewhere};
 use crate::effects::Effects;
 use crate::effects::blocklist::Blocklist;
 use crate::effects::node::NodeEffects;
 use crate::effects::notify::Hub;
+use crate::event::probe::{HandlerReport, NodeReport};
 use crate::event::{Event, now_ms};
+use crate::kafka::offsets;
 use crate::kafka::{self, consumer, producer::Producer};
 use crate::manifest::Mode;
 use crate::registry::{HandlerStats, Registry};
@@ -46,6 +52,30 @@ pub struct Node {
     recent_letters: Arc<crate::dispatch::RecentLetters>,
     /// Keeps the newest record of each state-topic key last on the topic.
     keeper: Arc<Keeper>,
+    /// Probes the topics and answers other nodes' probes.
+    prober: Arc<Prober>,
+    /// Resolves Stalwart's registry pointers, in the shared group
+    /// (`stalwart.management`).
+    pointers: Option<Arc<dyn dispatch::Handler>>,
+    /// Pause, resume, replay and start positions per handler.
+    control: Arc<Control>,
+    /// The operator's commands, for the supervisor (taken when it starts).
+    control_requests:
+        std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<control::Request>>>,
+}
+
+/// A consumer group's task, and how to stop it.
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stop the consumer: it finishes its batches and commits them first.
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await?
+    }
 }
 
 impl Node {
@@ -62,17 +92,57 @@ impl Node {
         let producer = Arc::new(Producer::new(&config)?);
         let effects = Arc::new(NodeEffects::open(&config, producer.clone())?);
         let keeper = Arc::new(Keeper::open(&config.state_dir, &config.topics.state)?);
+        let (control, control_requests) = Control::open(&config.state_dir)?;
+        let control = Arc::new(control);
+        // A handler without a `start` of its own joins its mode's group
+        // wherever it is: known from the start. Those with one are dealt
+        // with by the supervisor, before any group hands them an event.
+        let plain: Vec<String> = registry
+            .all()
+            .iter()
+            .filter(|h| h.manifest.start.is_none())
+            .map(|h| h.manifest.name.clone())
+            .collect();
+        control.note_known(&plain)?;
+        let (broadcast, shared) = (Arc::default(), Arc::default());
+        let prober = Arc::new(Prober::new(
+            config.node_id.clone(),
+            probed_topics(&config),
+            config.probe_interval,
+            describe(
+                &config,
+                registry.clone(),
+                control.clone(),
+                [&broadcast, &shared],
+            ),
+            producer.clone(),
+        ));
+        let pointers = match &config.stalwart.management {
+            Some(m) => Some(Arc::new(Resolver::new(
+                config.node_id.clone(),
+                config.stalwart.topic.clone(),
+                crate::management::Client::new(m)?,
+                effects.blocklist.clone(),
+                producer.clone(),
+                registry.stats(pointers::NAME),
+            )) as Arc<dyn dispatch::Handler>),
+            None => None,
+        };
         Ok(Node {
             config,
             sandbox,
             registry,
             effects,
             producer,
-            broadcast: Default::default(),
-            shared: Default::default(),
+            broadcast,
+            shared,
             metrics: None,
             recent_letters: Default::default(),
             keeper,
+            prober,
+            pointers,
+            control,
+            control_requests: std::sync::Mutex::new(Some(control_requests)),
         })
     }
 
@@ -147,6 +217,8 @@ impl Node {
                 registry: self.registry.clone(),
                 effects: self.effects.clone(),
                 mode,
+                control: self.control.clone(),
+                only: None,
             }),
             effects: self.effects.clone(),
             retry: self.config.retry,
@@ -158,16 +230,40 @@ impl Node {
                 Arc::new(SharedGroupLetters {
                     registry: self.registry.clone(),
                     topics: self.topics(),
+                    resolves_pointers: self.pointers.is_some(),
                 }) as Arc<dyn LetteredElsewhere>
             }),
             only_letters: (mode == Mode::Shared && self.config.stalwart.enabled)
                 .then(|| self.config.stalwart.topic.clone()),
+            // Every node's broadcast group reads every probe; the shared
+            // group, where one node of the cluster sees each, drops them.
+            probes: (mode == Mode::Broadcast).then(|| self.prober.clone()),
+            pointers: self.pointers.clone().filter(|_| mode == Mode::Shared),
             decoder: Decoder {
                 stalwart,
                 max_stalwart_events: self.config.stalwart.max_events_per_record,
                 trust: self.config.trust.clone().map(Arc::new),
             },
         })
+    }
+
+    /// What a detached handler's own group hands its records to: that
+    /// handler alone. The broadcast group letters junk, answers probes and
+    /// keeps the state topic; this group only handles.
+    fn detached_dispatcher(&self, name: &str) -> Arc<Dispatcher> {
+        let mut d = Arc::unwrap_or_clone(self.dispatcher(Mode::Broadcast));
+        d.handlers = Arc::new(Sandboxed {
+            sandbox: self.sandbox.clone(),
+            registry: self.registry.clone(),
+            effects: self.effects.clone(),
+            mode: Mode::Broadcast,
+            control: self.control.clone(),
+            only: Some(name.to_string()),
+        });
+        d.keeper = None;
+        d.probes = None;
+        d.lettered_elsewhere = Some(Arc::new(LetteredByTheModeGroup));
+        Arc::new(d)
     }
 
     /// The parts the local API serves.
@@ -189,6 +285,8 @@ impl Node {
             ],
             recent_letters: self.recent_letters.clone(),
             metrics: self.metrics.clone(),
+            prober: self.prober.clone(),
+            control: self.control.clone(),
         }
     }
 
@@ -246,6 +344,13 @@ impl Node {
                 Ok(())
             });
         }
+        {
+            let (prober, stop) = (self.prober.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                prober.run(stop).await;
+                Ok(())
+            });
+        }
         tasks.spawn(crate::watch::handler_folder(
             self.registry.clone(),
             shutdown.clone(),
@@ -279,59 +384,293 @@ impl Node {
     }
 
     /// Keep one consumer group per mode that has handlers, joining or
-    /// leaving as reloads change the set.
+    /// leaving as reloads change the set, and one group per detached
+    /// broadcast handler that is not paused; carry out the operator's
+    /// pause, resume and replay (`control`).
     async fn supervise(
         self: Arc<Self>,
         session_timeout: Duration,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut changes = self.registry.changes();
-        let mut running: [Option<(
-            CancellationToken,
-            tokio::task::JoinHandle<anyhow::Result<()>>,
-        )>; 2] = [None, None];
+        let mut requests = self
+            .control_requests
+            .lock()
+            .unwrap()
+            .take()
+            .expect("one supervisor per node");
+        let mut running: [Option<Running>; 2] = [None, None];
+        let mut detached: BTreeMap<String, Running> = BTreeMap::new();
+        let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
         loop {
+            if let Err(e) = self.start_new_handlers().await {
+                tracing::error!(error = %format!("{e:#}"), "cannot give a new handler its start position; retrying");
+            }
             for (i, mode) in [Mode::Broadcast, Mode::Shared].into_iter().enumerate() {
-                let wanted = !self.registry.snapshot(mode).is_empty();
-                let group = match mode {
-                    Mode::Broadcast => self.config.broadcast_group(),
-                    Mode::Shared => self.config.shared_group(),
-                };
+                // The shared group also runs for Stalwart's pointers alone.
+                let wanted = !self.attached(mode).is_empty()
+                    || (mode == Mode::Shared && self.pointers.is_some());
+                let group = self.group_id(mode);
                 if wanted && running[i].is_none() {
-                    let stop = shutdown.child_token();
-                    let spec = consumer::Group {
-                        id: group,
-                        topics: self.topics(),
-                        state_topic: Some(self.config.topics.state.clone()),
-                        session_timeout,
-                    };
-                    let (node, dispatcher, status) = (
-                        self.clone(),
+                    running[i] = Some(self.spawn_group(
+                        consumer::Group {
+                            id: group,
+                            topics: self.topics(),
+                            state_topic: Some(self.config.topics.state.clone()),
+                            session_timeout,
+                        },
                         self.dispatcher(mode),
                         self.status(mode).clone(),
-                    );
-                    let token = stop.clone();
-                    let task = tokio::spawn(async move {
-                        consumer::run(&node.config, spec, dispatcher, status, token).await
-                    });
-                    running[i] = Some((stop, task));
-                } else if !wanted && let Some((stop, task)) = running[i].take() {
+                        &shutdown,
+                    ));
+                } else if !wanted && let Some(r) = running[i].take() {
                     tracing::info!(group, "no handler in this mode any more; leaving the group");
-                    stop.cancel();
-                    task.await??;
+                    r.stop().await?;
                 } else if !wanted {
                     tracing::info!(?mode, "no handler in this mode; not joining {group}");
+                }
+            }
+            let loaded: BTreeSet<String> = self
+                .registry
+                .snapshot(Mode::Broadcast)
+                .iter()
+                .map(|h| h.manifest.name.clone())
+                .collect();
+            let wanted: BTreeSet<String> = self
+                .control
+                .all_detached()
+                .into_iter()
+                .filter(|(name, d)| !d.paused && loaded.contains(name))
+                .map(|(name, _)| name)
+                .collect();
+            for name in detached.keys().cloned().collect::<Vec<_>>() {
+                if !wanted.contains(&name) {
+                    detached.remove(&name).expect("listed").stop().await?;
+                    self.control.statuses.lock().unwrap().remove(&name);
+                }
+            }
+            for name in wanted {
+                if let std::collections::btree_map::Entry::Vacant(slot) = detached.entry(name) {
+                    let name = slot.key().clone();
+                    let status = Arc::new(consumer::Status::default());
+                    self.control
+                        .statuses
+                        .lock()
+                        .unwrap()
+                        .insert(name.clone(), status.clone());
+                    let group = consumer::Group {
+                        id: control::group(&self.config.broadcast_group(), &name),
+                        topics: self.topics(),
+                        state_topic: None,
+                        session_timeout,
+                    };
+                    let dispatcher = self.detached_dispatcher(&name);
+                    slot.insert(self.spawn_group(group, dispatcher, status, &shutdown));
                 }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 changed = changes.changed() => if changed.is_err() { break },
+                Some(request) = requests.recv() => {
+                    let answer = self
+                        .carry_out(&request.handler, request.command, &mut running[0], &mut detached)
+                        .await;
+                    if let Err(why) = &answer {
+                        tracing::warn!(handler = request.handler, "{why}");
+                    }
+                    let _ = request.done.send(answer);
+                }
+                _ = lag_tick.tick() => self.read_paused_lag().await,
             }
         }
-        for (_, task) in running.into_iter().flatten() {
-            task.await??;
+        for r in running.into_iter().flatten().chain(detached.into_values()) {
+            r.task.await??;
         }
         Ok(())
+    }
+
+    fn spawn_group(
+        self: &Arc<Self>,
+        spec: consumer::Group,
+        dispatcher: Arc<Dispatcher>,
+        status: Arc<consumer::Status>,
+        shutdown: &CancellationToken,
+    ) -> Running {
+        let stop = shutdown.child_token();
+        let (node, token) = (self.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            consumer::run(&node.config, spec, dispatcher, status, token).await
+        });
+        Running { stop, task }
+    }
+
+    fn group_id(&self, mode: Mode) -> String {
+        match mode {
+            Mode::Broadcast => self.config.broadcast_group(),
+            Mode::Shared => self.config.shared_group(),
+        }
+    }
+
+    /// The handlers the mode's own group hands events to.
+    fn attached(&self, mode: Mode) -> Vec<Arc<Loaded>> {
+        self.registry
+            .snapshot(mode)
+            .iter()
+            .filter(|h| mode == Mode::Shared || self.control.in_mode_group(&h.manifest.name))
+            .cloned()
+            .collect()
+    }
+
+    /// Broadcast handlers new to this node: those whose manifest has a
+    /// `start` get a group of their own, starting there; the others join
+    /// the broadcast group where it is.
+    async fn start_new_handlers(&self) -> anyhow::Result<()> {
+        let handlers = self.registry.snapshot(Mode::Broadcast);
+        let names: Vec<String> = handlers.iter().map(|h| h.manifest.name.clone()).collect();
+        let new = self.control.new_among(&names);
+        for h in handlers.iter().filter(|h| new.contains(&h.manifest.name)) {
+            let name = &h.manifest.name;
+            if let Some(at) = &h.manifest.start {
+                let positions = offsets::resolve(&self.config, &self.topics(), at.clone()).await?;
+                let group = control::group(&self.config.broadcast_group(), name);
+                offsets::commit(&self.config, &group, &positions).await?;
+                self.control
+                    .set_detached(name, control::Detached { paused: false })?;
+                tracing::info!(
+                    handler = name,
+                    ?at,
+                    group,
+                    "a new handler starts in a group of its own"
+                );
+            }
+            self.control.note_known(std::slice::from_ref(name))?;
+        }
+        Ok(())
+    }
+
+    /// Pause, resume or replay one broadcast handler.
+    async fn carry_out(
+        &self,
+        name: &str,
+        command: control::Command,
+        broadcast: &mut Option<Running>,
+        detached: &mut BTreeMap<String, Running>,
+    ) -> Result<String, String> {
+        use control::{Command, Detached};
+        let fail = |e: anyhow::Error| format!("{e:#}");
+        if !self
+            .registry
+            .snapshot(Mode::Broadcast)
+            .iter()
+            .any(|h| h.manifest.name == name)
+        {
+            return Err(
+                if self
+                    .registry
+                    .snapshot(Mode::Shared)
+                    .iter()
+                    .any(|h| h.manifest.name == name)
+                {
+                    format!(
+                        "`{name}` is a shared handler: its partitions belong to the cluster's \
+                         shared group, not to this node, so it cannot be paused or replayed here \
+                         (remove it from every node's handler folder to stop it)"
+                    )
+                } else {
+                    format!("no handler `{name}` is loaded on this node")
+                },
+            );
+        }
+        let group = control::group(&self.config.broadcast_group(), name);
+        let state = self.control.detached(name);
+        // A detached handler's consumer stops, committing what it finished.
+        if !matches!(command, Command::Resume)
+            && let Some(r) = detached.remove(name)
+        {
+            r.stop().await.map_err(fail)?;
+            self.control.statuses.lock().unwrap().remove(name);
+        }
+        match (command, state) {
+            (Command::Pause, Some(Detached { paused: true })) => {
+                Ok(format!("`{name}` was already paused"))
+            }
+            (Command::Pause, Some(_)) => {
+                self.control
+                    .set_detached(name, Detached { paused: true })
+                    .map_err(fail)?;
+                Ok(format!(
+                    "`{name}` paused; its offsets stay in group {group}"
+                ))
+            }
+            (Command::Pause, None) => {
+                // The broadcast group stops (committing what it finished),
+                // and its offsets become the handler's own.
+                if let Some(r) = broadcast.take() {
+                    r.stop().await.map_err(fail)?;
+                }
+                let at = offsets::committed(
+                    &self.config,
+                    &self.config.broadcast_group(),
+                    &self.topics(),
+                )
+                .await
+                .map_err(fail)?;
+                offsets::commit(&self.config, &group, &at)
+                    .await
+                    .map_err(fail)?;
+                self.control
+                    .set_detached(name, Detached { paused: true })
+                    .map_err(fail)?;
+                Ok(format!(
+                    "`{name}` paused; the other handlers go on, and its offsets stay in group {group}"
+                ))
+            }
+            (Command::Resume, Some(Detached { paused: true })) => {
+                self.control
+                    .set_detached(name, Detached { paused: false })
+                    .map_err(fail)?;
+                Ok(format!("`{name}` resumed; it catches up in group {group}"))
+            }
+            (Command::Resume, _) => Ok(format!("`{name}` is not paused")),
+            (Command::Replay(at), state) => {
+                if state.is_none()
+                    && let Some(r) = broadcast.take()
+                {
+                    r.stop().await.map_err(fail)?;
+                }
+                let positions = offsets::resolve(&self.config, &self.topics(), at.clone())
+                    .await
+                    .map_err(fail)?;
+                offsets::commit(&self.config, &group, &positions)
+                    .await
+                    .map_err(fail)?;
+                self.control
+                    .set_detached(name, Detached { paused: false })
+                    .map_err(fail)?;
+                Ok(format!(
+                    "`{name}` handles again from {at:?}, alone, in group {group} ({} partitions)",
+                    positions.len()
+                ))
+            }
+        }
+    }
+
+    /// A paused handler runs no consumer: its lag is read from the broker.
+    async fn read_paused_lag(&self) {
+        for (name, d) in self.control.all_detached() {
+            if !d.paused {
+                continue;
+            }
+            let group = control::group(&self.config.broadcast_group(), &name);
+            match offsets::lag(&self.config, &group, &self.topics()).await {
+                Ok(lag) => {
+                    self.control.paused_lag.lock().unwrap().insert(name, lag);
+                }
+                Err(e) => {
+                    tracing::debug!(handler = name, "cannot read a paused handler's lag: {e:#}")
+                }
+            }
+        }
     }
 
     /// Expire blocklist entries, keep its export current, and give memory
@@ -377,6 +716,17 @@ impl Node {
                 metrics::gauge!("herald_assigned_partitions", "mode" => mode)
                     .set(s.assigned.load(Ordering::Relaxed) as f64);
             }
+            if ticks.is_multiple_of(4) {
+                for h in self.registry.all() {
+                    let name = &h.manifest.name;
+                    if let (_, Some(lag)) =
+                        self.control.handler_lag(name, self.status(h.manifest.mode))
+                    {
+                        metrics::gauge!("herald_handler_lag", "handler" => name.clone())
+                            .set(lag as f64);
+                    }
+                }
+            }
         }
     }
 
@@ -404,6 +754,10 @@ struct Sandboxed {
     registry: Arc<Registry>,
     effects: Arc<NodeEffects>,
     mode: Mode,
+    control: Arc<Control>,
+    /// A detached handler's own group: that handler only. Otherwise the
+    /// mode's handlers that are in its group.
+    only: Option<String>,
 }
 
 struct SandboxedHandler {
@@ -418,6 +772,13 @@ impl dispatch::Handlers for Sandboxed {
         self.registry
             .snapshot(self.mode)
             .iter()
+            .filter(|loaded| {
+                let name = &loaded.manifest.name;
+                match &self.only {
+                    Some(only) => only == name,
+                    None => self.mode == Mode::Shared || self.control.in_mode_group(name),
+                }
+            })
             .map(|loaded| {
                 Arc::new(SandboxedHandler {
                     sandbox: self.sandbox.clone(),
@@ -487,10 +848,64 @@ pub fn stop_on_signals(token: CancellationToken) {
 struct SharedGroupLetters {
     registry: Arc<Registry>,
     topics: Vec<String>,
+    /// The shared group runs whatever the handlers (see `supervise`).
+    resolves_pointers: bool,
 }
 
 impl LetteredElsewhere for SharedGroupLetters {
     fn lettered_elsewhere(&self, topic: &str) -> bool {
-        self.topics.iter().any(|t| t == topic) && !self.registry.snapshot(Mode::Shared).is_empty()
+        self.topics.iter().any(|t| t == topic)
+            && (self.resolves_pointers || !self.registry.snapshot(Mode::Shared).is_empty())
+    }
+}
+
+/// The topics a node probes: herald's own two. Stalwart's topic carries
+/// only Stalwart's wire format, which Stalwart's nodes read too: a probe
+/// there would be junk to them.
+fn probed_topics(config: &Config) -> Vec<String> {
+    vec![config.topics.events.clone(), config.topics.state.clone()]
+}
+
+/// This node as its probe answers describe it: version, handlers, and
+/// each handler's lag (its group's, summed over partitions).
+fn describe(
+    config: &Config,
+    registry: Arc<Registry>,
+    control: Arc<Control>,
+    [broadcast, shared]: [&Arc<consumer::Status>; 2],
+) -> Box<dyn Fn() -> NodeReport + Send + Sync> {
+    let node = config.node_id.clone();
+    let (broadcast, shared) = (broadcast.clone(), shared.clone());
+    Box::new(move || NodeReport {
+        node: node.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        handlers: registry
+            .all()
+            .iter()
+            .map(|h| {
+                let status = match h.manifest.mode {
+                    Mode::Broadcast => &broadcast,
+                    Mode::Shared => &shared,
+                };
+                let (paused, lag) = control.handler_lag(&h.manifest.name, status);
+                HandlerReport {
+                    name: h.manifest.name.clone(),
+                    mode: h.manifest.mode.as_str().to_string(),
+                    lag,
+                    paused,
+                }
+            })
+            .collect(),
+    })
+}
+
+/// A detached handler's group never letters junk: the broadcast group
+/// reads the same records and letters them (or leaves them to the shared
+/// group).
+struct LetteredByTheModeGroup;
+
+impl LetteredElsewhere for LetteredByTheModeGroup {
+    fn lettered_elsewhere(&self, _: &str) -> bool {
+        true
     }
 }

@@ -5,6 +5,7 @@
 
 mod cli;
 mod converge;
+mod coordination;
 mod crash;
 mod firewall;
 mod hostile;
@@ -13,6 +14,8 @@ mod node_api;
 mod operations;
 mod package;
 mod push;
+mod registry;
+mod replay;
 mod review;
 mod sandbox;
 mod trust;

@@ -85,3 +85,4 @@ pub fn ec_certificate(id: &str, key: &str) -> serde_json::Value {
 
 pub mod api;
 pub mod cluster;
+pub mod stalwart_api;

@@ -18,6 +18,8 @@
 //! | GET | `/v1/handlers` | loaded handlers: version, mode, subscriptions, counters |
 //! | GET | `/v1/status` | readiness, groups with lag, handler counters, dead letters, blocklist, certificates |
 //! | POST | `/v1/handlers/reload` | re-read the handler folder now |
+//! | POST | `/v1/handlers/{name}/pause`, `/resume` | stop or restart one broadcast handler's consumption |
+//! | POST | `/v1/handlers/{name}/replay` | `{"from": "<time|offset|earliest>"}`: handle history again |
 //! | POST | `/v1/stalwart/events` | publish events on Stalwart's topic, in its v0.16 format |
 
 mod listen;
@@ -63,6 +65,10 @@ pub struct ApiState {
     pub recent_letters: Arc<crate::dispatch::RecentLetters>,
     /// The Prometheus recorder's handle, when this process installed one.
     pub metrics: Option<PrometheusHandle>,
+    /// Round trips of this node's probes, and the nodes heard from.
+    pub prober: Arc<crate::dispatch::probe::Prober>,
+    /// Pause, resume and replay per handler.
+    pub control: Arc<crate::control::Control>,
 }
 
 impl ApiState {
@@ -199,6 +205,7 @@ fn router(api: Api) -> Router {
         .route_layer(guard(Scope::Stalwart));
     let admin = Router::new()
         .route("/v1/handlers/reload", post(reload))
+        .route("/v1/handlers/{name}/{action}", post(handler_control))
         .route_layer(guard(Scope::Admin));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -399,8 +406,18 @@ async fn status(State(api): State<Api>) -> Response {
         .all()
         .iter()
         .map(|h| {
-            json!({"name": h.manifest.name, "mode": h.manifest.mode,
-                   "counters": api.registry.stats(&h.manifest.name).snapshot()})
+            let name = &h.manifest.name;
+            let mode_group = match h.manifest.mode {
+                crate::manifest::Mode::Broadcast => &api.groups[0].2,
+                crate::manifest::Mode::Shared => &api.groups[1].2,
+            };
+            let (paused, lag) = api.control.handler_lag(name, mode_group);
+            let own = api
+                .control
+                .detached(name)
+                .map(|_| crate::control::group(&api.groups[0].1, name));
+            json!({"name": name, "mode": h.manifest.mode, "paused": paused, "lag": lag,
+                   "ownGroup": own, "counters": api.registry.stats(name).snapshot()})
         })
         .collect();
     let certificates: Vec<_> = api
@@ -420,6 +437,7 @@ async fn status(State(api): State<Api>) -> Response {
         "deadLettersLastHour": api.recent_letters.last_hour(now),
         "blocklist": {"entries": api.blocklist.len()},
         "certificates": certificates,
+        "coordination": api.prober.status(now),
     }))
     .into_response()
 }
@@ -527,6 +545,51 @@ async fn reload(State(api): State<Api>) -> Response {
         }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayFrom {
+    from: String,
+}
+
+/// Pause, resume or replay one handler; the node's supervisor carries it
+/// out and says what it did.
+async fn handler_control(
+    State(api): State<Api>,
+    UrlPath((name, action)): UrlPath<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::control::Command;
+    let command = match action.as_str() {
+        "pause" => Command::Pause,
+        "resume" => Command::Resume,
+        "replay" => {
+            let from: ReplayFrom = match serde_json::from_slice(&body) {
+                Ok(f) => f,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("replay takes {{\"from\": \"<time|offset|earliest>\"}}: {e}"),
+                    );
+                }
+            };
+            match from.from.parse() {
+                Ok(at) => Command::Replay(at),
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("field `from`: {e:#}")),
+            }
+        }
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("`{other}`: a handler can be paused, resumed or replayed"),
+            );
+        }
+    };
+    match api.control.request(&name, command).await {
+        Ok(done) => Json(json!({"handler": name, "done": done})).into_response(),
+        Err(why) => error(StatusCode::CONFLICT, why),
     }
 }
 

@@ -41,6 +41,7 @@ fn manifest_for(wasm: &Path, explicit: Option<&Path>) -> anyhow::Result<Manifest
         publish: crate::event::KINDS.iter().map(|k| k.to_string()).collect(),
         limits: Default::default(),
         settings: Default::default(),
+        start: None,
     })
 }
 

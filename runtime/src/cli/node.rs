@@ -190,6 +190,38 @@ pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::Promethe
 
 /// `herald handler reload --config <file>`: ask the running node, through
 /// its local API, to re-read the handler folder now.
+/// `herald handler pause|resume|replay NAME`: ask the node's API; prints
+/// what the node did (or why not) and returns whether it did it.
+pub async fn control(
+    config: &Path,
+    name: &str,
+    action: &str,
+    from: Option<&str>,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<bool> {
+    let path = format!("/v1/handlers/{name}/{action}");
+    let (url, token) = local_api(&Config::load(config)?, &path)?;
+    let mut request = reqwest::Client::new().post(&url).bearer_auth(token);
+    if let Some(from) = from {
+        request = request.body(serde_json::json!({ "from": from }).to_string());
+    }
+    let response = request
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the node's API at {url}"))?;
+    let ok = response.status().is_success();
+    let answer: serde_json::Value =
+        serde_json::from_slice(&response.bytes().await?).unwrap_or_default();
+    let text = if ok {
+        &answer["done"]
+    } else {
+        &answer["error"]
+    };
+    writeln!(out, "{}", text.as_str().unwrap_or("(no answer)"))?;
+    Ok(ok)
+}
+
 pub async fn reload(config: &Path, out: &mut dyn std::io::Write) -> anyhow::Result<bool> {
     let (url, token) = local_api(&Config::load(config)?, "/v1/handlers/reload")?;
     let response = reqwest::Client::new()

@@ -123,6 +123,8 @@ pub const DEFAULT_HANDLERS: &str = "/etc/herald/handlers";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/herald";
 /// Default of `commitInterval`.
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(250);
+/// Default of `probeInterval`.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default of `api.listen`.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8470";
 /// Largest `batch.size`.
@@ -166,6 +168,9 @@ pub struct Config {
     pub retry: Retry,
     /// How often handled offsets are committed (`commitInterval`, default 250ms).
     pub commit_interval: Duration,
+    /// How often the node probes its topics (`probeInterval`, default 30s;
+    /// `0` never: `herald status` then has no round trips to show).
+    pub probe_interval: Duration,
     /// The node's local API (`api`).
     pub api: Api,
     /// Stalwart v0.16 wire compatibility (`stalwart`).
@@ -486,6 +491,43 @@ pub struct Stalwart {
     /// The most events herald decodes from one record; a record with more
     /// is dead-lettered whole (`stalwart.maxEventsPerRecord`, default 10000).
     pub max_events_per_record: usize,
+    /// Stalwart's management API, to resolve its registry pointers
+    /// (`stalwart.management`); none: they are only passed on.
+    pub management: Option<Management>,
+}
+
+/// Where and as whom herald reads Stalwart's registry (`stalwart.management`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Management {
+    /// The server's base URL (`url`); herald posts to `<url>/jmap`.
+    pub url: String,
+    pub auth: ManagementAuth,
+    /// One request's limit (`timeout`, default 5s).
+    pub timeout: Duration,
+}
+
+/// How herald authenticates to Stalwart: read from files at start, never
+/// written in the config itself.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ManagementAuth {
+    /// `apiKeyFile`: an `API_…` key, sent as a bearer token.
+    Bearer(String),
+    /// `username` and `passwordFile`: HTTP Basic.
+    Basic { username: String, password: String },
+}
+
+impl std::fmt::Debug for Management {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match &self.auth {
+            ManagementAuth::Bearer(_) => "api key (withheld)".to_string(),
+            ManagementAuth::Basic { username, .. } => format!("basic as {username} (withheld)"),
+        };
+        f.debug_struct("Management")
+            .field("url", &self.url)
+            .field("auth", &auth)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Default for Stalwart {
@@ -496,6 +538,7 @@ impl Default for Stalwart {
             node_id: None,
             topic: "stwt.agora".into(),
             max_events_per_record: crate::codec::stalwart::DEFAULT_MAX_EVENTS,
+            management: None,
         }
     }
 }
@@ -650,6 +693,7 @@ impl fmt::Debug for Config {
             .field("batch", &self.batch)
             .field("retry", &self.retry)
             .field("commit_interval", &self.commit_interval)
+            .field("probe_interval", &self.probe_interval)
             .field("api", &self.api)
             .field("stalwart", &self.stalwart)
             .field("blocklist", &self.blocklist)
@@ -733,6 +777,7 @@ impl Config {
             batch: Batch::default(),
             retry: Retry::default(),
             commit_interval: DEFAULT_COMMIT_INTERVAL,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
             api: Api::default(),
             stalwart: Stalwart::default(),
             blocklist: BlocklistPolicy::default(),

@@ -46,6 +46,8 @@ pub(super) struct Raw {
     #[serde(default)]
     pub(super) commit_interval: Option<DurationValue>,
     #[serde(default)]
+    pub(super) probe_interval: Option<DurationValue>,
+    #[serde(default)]
     pub(super) api: Option<RawApi>,
     #[serde(default)]
     pub(super) stalwart: Option<RawStalwart>,
@@ -187,6 +189,22 @@ pub(super) struct RawStalwart {
     pub(super) topic: Option<String>,
     #[serde(default)]
     pub(super) max_events_per_record: Option<usize>,
+    #[serde(default)]
+    pub(super) management: Option<RawManagement>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawManagement {
+    pub(super) url: String,
+    #[serde(default)]
+    pub(super) api_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) username: Option<String>,
+    #[serde(default)]
+    pub(super) password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) timeout: Option<DurationValue>,
 }
 
 #[derive(Deserialize, Default)]

@@ -640,3 +640,62 @@ fn config_api_tokens_are_scoped() {
         assert!(e.contains(field), "{tokens}: {e}");
     }
 }
+
+#[test]
+fn config_probe_interval_is_checked() {
+    assert_eq!(
+        Config::parse(&with("")).unwrap().probe_interval,
+        DEFAULT_PROBE_INTERVAL
+    );
+    assert_eq!(
+        Config::parse(&with(r#""probeInterval": 0"#))
+            .unwrap()
+            .probe_interval,
+        Duration::ZERO
+    );
+    let e = err(&with(r#""probeInterval": "10ms""#));
+    assert!(e.contains("field `probeInterval`"), "{e}");
+}
+
+#[test]
+fn config_stalwart_management_reads_its_secret_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "API_abc\n").unwrap();
+    let section = |m: &str| {
+        with(&format!(
+            r#""stalwart": {{"enabled": true, "nodeId": 9, "management": {m}}}"#
+        ))
+    };
+    let c = Config::parse(&section(&format!(
+        r#"{{"url": "https://mail-1.example.com/", "apiKeyFile": "{}"}}"#,
+        key.display()
+    )))
+    .unwrap();
+    let m = c.stalwart.management.unwrap();
+    assert_eq!(m.url, "https://mail-1.example.com");
+    assert!(m.auth == ManagementAuth::Bearer("API_abc".into()));
+    assert_eq!(m.timeout, Duration::from_secs(5));
+    // The secret never shows in the config's debug form.
+    assert!(!format!("{m:?}").contains("API_abc"));
+
+    let e = err(&section(
+        r#"{"url": "https://m", "apiKeyFile": "/nonexistent/key"}"#,
+    ));
+    assert!(
+        e.contains("field `stalwart.management.apiKeyFile`: cannot read /nonexistent/key"),
+        "{e}"
+    );
+    let e = err(&section(r#"{"url": "ftp://m", "apiKeyFile": "/k"}"#));
+    assert!(e.contains("field `stalwart.management.url`"), "{e}");
+    let e = err(&section(&format!(
+        r#"{{"url": "https://m", "apiKeyFile": "{}", "username": "admin"}}"#,
+        key.display()
+    )));
+    assert!(e.contains("either `apiKeyFile`"), "{e}");
+    let e = err(&with(&format!(
+        r#""stalwart": {{"management": {{"url": "https://m", "apiKeyFile": "{}"}}}}"#,
+        key.display()
+    )));
+    assert!(e.contains("`stalwart.enabled` is not true"), "{e}");
+}

@@ -29,7 +29,7 @@ use serde::Deserialize;
 
 use super::raw::DurationValue;
 use crate::effects::certs::hooks::{DEFAULT_TIMEOUT, Hook};
-use crate::event::KINDS;
+use crate::event::{HOST_KINDS, KINDS};
 use crate::trust::{Policy, StalwartRecords, TrustedKey, keys};
 
 #[derive(Deserialize, Default)]
@@ -112,14 +112,18 @@ impl Certificates {
 }
 
 fn kind(field: &str, k: &str) -> anyhow::Result<&'static str> {
+    // A key may be allowed herald's own kinds too (a node's key signs its
+    // probes and answers).
     KINDS
         .iter()
+        .chain(HOST_KINDS)
         .copied()
         .find(|known| *known == k)
         .ok_or_else(|| {
             anyhow!(
-                "field `{field}`: `{k}` is not an event kind (kinds: {})",
-                KINDS.join(", ")
+                "field `{field}`: `{k}` is not an event kind (kinds: {}, {})",
+                KINDS.join(", "),
+                HOST_KINDS.join(", ")
             )
         })
 }

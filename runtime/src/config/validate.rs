@@ -107,6 +107,10 @@ pub(super) fn parse(text: &str) -> anyhow::Result<Config> {
     if commit_interval.is_zero() {
         bail!("field `commitInterval`: must be more than 0");
     }
+    let probe_interval = raw.probe_interval.map_or(DEFAULT_PROBE_INTERVAL, |d| d.0);
+    if !probe_interval.is_zero() && probe_interval < std::time::Duration::from_secs(1) {
+        bail!("field `probeInterval`: at least 1s (or 0: never probe)");
+    }
 
     let api = api(raw.api.unwrap_or_default())?;
     let stalwart = stalwart(raw.stalwart.unwrap_or_default(), &topics)?;
@@ -149,6 +153,7 @@ pub(super) fn parse(text: &str) -> anyhow::Result<Config> {
         batch,
         retry,
         commit_interval,
+        probe_interval,
         api,
         stalwart,
         blocklist,
@@ -504,12 +509,64 @@ fn stalwart(raw: RawStalwart, topics: &Topics) -> anyhow::Result<Stalwart> {
     if !(1..=1_000_000).contains(&max_events_per_record) {
         bail!("field `stalwart.maxEventsPerRecord`: must be 1 to 1000000");
     }
+    let management = match raw.management {
+        Some(m) if enabled => Some(management(m)?),
+        Some(_) => bail!(
+            "field `stalwart.management`: set, but `stalwart.enabled` is not true: \
+             herald reads no registry pointer from Stalwart's topic without it"
+        ),
+        None => None,
+    };
     Ok(Stalwart {
         enabled,
         node_id: raw.node_id,
         topic,
         max_events_per_record,
+        management,
     })
+}
+
+fn management(raw: RawManagement) -> anyhow::Result<Management> {
+    let url = raw.url.trim_end_matches('/').to_string();
+    match reqwest::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+        _ => bail!(
+            "field `stalwart.management.url`: `{url}` is not an http(s) URL (Stalwart's \
+             HTTP listener, e.g. https://mail-1.example.com)"
+        ),
+    }
+    let secret = |field: &str, path: &PathBuf| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow!(
+                "field `stalwart.management.{field}`: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+        let text = text.trim().to_string();
+        if text.is_empty() {
+            bail!(
+                "field `stalwart.management.{field}`: {} is empty",
+                path.display()
+            );
+        }
+        Ok(text)
+    };
+    let auth = match (raw.api_key_file, raw.username, raw.password_file) {
+        (Some(key), None, None) => ManagementAuth::Bearer(secret("apiKeyFile", &key)?),
+        (None, Some(username), Some(password)) => ManagementAuth::Basic {
+            username,
+            password: secret("passwordFile", &password)?,
+        },
+        _ => bail!(
+            "field `stalwart.management`: give either `apiKeyFile` (an API key, sent as a \
+             bearer token) or `username` and `passwordFile` (HTTP Basic)"
+        ),
+    };
+    let timeout = raw.timeout.map_or(Duration::from_secs(5), |d| d.0);
+    if timeout.is_zero() || timeout > Duration::from_secs(60) {
+        bail!("field `stalwart.management.timeout`: between 1ms and 60s");
+    }
+    Ok(Management { url, auth, timeout })
 }
 
 fn blocklist(raw: RawBlocklist) -> anyhow::Result<BlocklistPolicy> {

@@ -14,6 +14,8 @@
 //! never left applied before an earlier one.
 
 pub mod keeper;
+pub mod pointers;
+pub mod probe;
 mod secrets;
 
 use std::future::Future;
@@ -97,6 +99,7 @@ pub const MAX_EVENTS_IN_FLIGHT: usize = 10_000;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Abandoned;
 
+#[derive(Clone)]
 pub struct Dispatcher {
     pub handlers: Arc<dyn Handlers>,
     /// Where the handlers' effects land; flushed before every commit.
@@ -116,9 +119,17 @@ pub struct Dispatcher {
     /// Sees every record of the state topic (see [`keeper`]).
     pub keeper: Option<Arc<keeper::Keeper>>,
     /// A topic read only to letter what does not decode, its events handled
-    /// by no handler of this dispatcher: Stalwart's topic, for the shared
-    /// group, so that its junk is lettered once per cluster too.
+    /// by no handler of this dispatcher but [`Dispatcher::pointers`]:
+    /// Stalwart's topic, for the shared group, so that its junk is lettered
+    /// once per cluster too.
     pub only_letters: Option<String>,
+    /// The one handler of the `only_letters` topic's registry pointers
+    /// ([`pointers::Resolver`], when `stalwart.management` is set).
+    pub pointers: Option<Arc<dyn Handler>>,
+    /// Takes the `probe` events out of the stream (they are for no
+    /// handler): the node's prober for its broadcast group, which answers
+    /// them; none for the shared group, which only drops them.
+    pub probes: Option<Arc<probe::Prober>>,
 }
 
 /// A record that no node can decode is the same junk on every node: one
@@ -159,6 +170,18 @@ impl RecentLetters {
             .map(|(_, n)| n)
             .sum()
     }
+}
+
+/// Keep only the events of `events[start..]` that `keep`, in order.
+fn retain_from(events: &mut Vec<Event>, start: usize, keep: impl Fn(&Event) -> bool) {
+    let mut kept = start;
+    for i in start..events.len() {
+        if keep(&events[i]) {
+            events.swap(kept, i);
+            kept += 1;
+        }
+    }
+    events.truncate(kept);
 }
 
 /// Dead letters of one batch written at once (see `Dispatcher::dead_letter_all`).
@@ -217,7 +240,19 @@ impl Dispatcher {
                 keeper.observe(record, seen);
             }
             if self.only_letters.as_deref() == Some(&*record.topic) {
-                events.truncate(start);
+                match &self.pointers {
+                    Some(p) => retain_from(&mut events, start, |e| p.subscribes_to(e.body.kind())),
+                    None => events.truncate(start),
+                }
+            }
+            if events[start..].iter().any(|e| e.body.is_host_only()) {
+                if let Some(prober) = &self.probes {
+                    events[start..]
+                        .iter()
+                        .filter(|e| e.body.is_host_only())
+                        .for_each(|e| prober.seen(e));
+                }
+                retain_from(&mut events, start, |e| !e.body.is_host_only());
             }
             if events.len() > MAX_EVENTS_IN_FLIGHT && start > 0 {
                 // The earlier records' events go first, on their own.
@@ -297,13 +332,21 @@ impl Dispatcher {
         if events.is_empty() {
             return Ok(());
         }
+        let letters_only = |e: &Event| self.only_letters.as_deref() == Some(&*e.position.topic);
         for handler in handlers {
             let mine: Vec<&Event> = events
                 .iter()
-                .filter(|e| handler.subscribes_to(e.body.kind()))
+                .filter(|e| handler.subscribes_to(e.body.kind()) && !letters_only(e))
                 .collect();
             if !mine.is_empty() {
                 self.run(handler.as_ref(), &mine, records, stop).await?;
+            }
+        }
+        if let Some(pointers) = &self.pointers {
+            // What the decode kept of the `only_letters` topic is for it alone.
+            let mine: Vec<&Event> = events.iter().filter(|e| letters_only(e)).collect();
+            if !mine.is_empty() {
+                self.run(pointers.as_ref(), &mine, records, stop).await?;
             }
         }
         Ok(())

@@ -118,6 +118,8 @@ fn dispatcher(handlers: Vec<Arc<Scripted>>, letters: Arc<Letters>, attempts: u32
         lettered_elsewhere: None,
         keeper: None,
         only_letters: None,
+        probes: None,
+        pointers: None,
     }
 }
 
@@ -162,6 +164,33 @@ async fn a_topic_read_only_for_letters_reaches_no_handler() {
     assert_eq!(h.calls(), vec![ids(&["e0"])]);
     let offsets: Vec<i64> = letters.kept.lock().unwrap().iter().map(|k| k.0).collect();
     assert_eq!(offsets, vec![2]);
+}
+
+#[tokio::test]
+async fn probes_reach_no_handler_and_lose_no_event() {
+    // Subscribed to every kind a manifest may name.
+    let h = Scripted::new("h", crate::event::KINDS, vec![]);
+    let letters = Arc::new(Letters::default());
+    let d = dispatcher(vec![h.clone()], letters.clone(), 5);
+    let mut batch = records(4);
+    let probe = |id: &str| {
+        serde_json::json!({"v": 1, "id": id, "origin": "a", "ts": 1, "kind": "probe",
+            "body": {"probe": id, "asker": "a", "topic": "herald.events"}})
+    };
+    batch[1].value = Some(probe("p1").to_string().into_bytes());
+    // A bundle: a probe between two events.
+    let e = |id: &str| {
+        serde_json::json!({"v": 1, "id": id, "origin": "a", "ts": 1, "kind": "ip-block",
+            "body": {"ip": "192.0.2.1", "action": "block"}})
+    };
+    batch[2].value = Some(
+        serde_json::json!([e("e2a"), probe("p2"), e("e2b")])
+            .to_string()
+            .into_bytes(),
+    );
+    d.handle(&batch, &CancellationToken::new()).await.unwrap();
+    assert_eq!(h.calls(), vec![ids(&["e0", "e2a", "e2b", "e3"])]);
+    assert!(letters.kept.lock().unwrap().is_empty());
 }
 
 /// Records at offsets 0.. of partition 0, each an ip-block event whose

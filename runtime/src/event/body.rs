@@ -22,6 +22,9 @@ pub enum Body {
     EmailPush(EmailPush),
     PushServerUpdate(PushServerUpdate),
     PushSubscriptionGone(PushSubscriptionGone),
+    /// herald's own round-trip probe: not in [`KINDS`], never handed to a
+    /// handler (see [`HOST_KINDS`]).
+    Probe(super::probe::Probe),
 }
 
 /// Every event kind, in the order of the WIT `body` variant.
@@ -41,6 +44,11 @@ pub const KINDS: &[&str] = &[
     "push-server-update",
     "push-subscription-gone",
 ];
+
+/// Kinds only herald itself publishes and reads: no manifest may subscribe
+/// to them or publish them, and the API refuses them. They follow [`KINDS`]
+/// in [`Body::index`].
+pub const HOST_KINDS: &[&str] = &["probe"];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -456,7 +464,13 @@ impl<'de> Deserialize<'de> for DataTypes {
 impl Body {
     /// The event's kind, as in the JSON envelope and manifests.
     pub fn kind(&self) -> &'static str {
-        KINDS[self.index()]
+        let i = self.index();
+        KINDS.get(i).unwrap_or_else(|| &HOST_KINDS[i - KINDS.len()])
+    }
+
+    /// Whether this is one of herald's own kinds ([`HOST_KINDS`]).
+    pub fn is_host_only(&self) -> bool {
+        self.index() >= KINDS.len()
     }
 
     /// Position of the kind in [`KINDS`] (and in the WIT variant).
@@ -476,6 +490,7 @@ impl Body {
             Body::EmailPush(_) => 11,
             Body::PushServerUpdate(_) => 12,
             Body::PushSubscriptionGone(_) => 13,
+            Body::Probe(_) => 14,
         }
     }
 
@@ -497,6 +512,12 @@ impl Body {
             }),
             Body::TlsCertificate(_) => self.entities().first().map(super::Entity::key),
             Body::RegistryChange(b) => Some(format!("registry:{}", b.object_type)),
+            // One key per asker: on the state topic, compaction keeps each
+            // node's last probe or answer and nothing more.
+            Body::Probe(b) => Some(format!(
+                "probe:{}",
+                b.answer.as_ref().map_or(&b.asker, |a| &a.node)
+            )),
             _ => None,
         }
     }
@@ -541,6 +562,7 @@ impl Body {
             "email-push" => Body::EmailPush(parse(kind, body)?),
             "push-server-update" => Body::PushServerUpdate(parse(kind, body)?),
             "push-subscription-gone" => Body::PushSubscriptionGone(parse(kind, body)?),
+            "probe" => Body::Probe(parse(kind, body)?),
             other => {
                 return Err(format!(
                     "unknown kind `{other}`, expected one of {}",
@@ -565,6 +587,7 @@ impl Body {
             Body::EmailPush(b) => serde_json::to_value(b),
             Body::PushServerUpdate(b) => serde_json::to_value(b),
             Body::PushSubscriptionGone(b) => serde_json::to_value(b),
+            Body::Probe(b) => serde_json::to_value(b),
         };
         v.expect("event bodies always serialise")
     }

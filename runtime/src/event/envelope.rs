@@ -292,7 +292,16 @@ impl Event {
             .or_insert(uuid::Uuid::now_v7().to_string().into());
         obj.entry("origin").or_insert(origin.into());
         obj.entry("ts").or_insert(now_ms().into());
-        Event::from_json(v.to_string().as_bytes(), Position::default())
+        let event = Event::from_json(v.to_string().as_bytes(), Position::default())?;
+        if event.body.is_host_only() {
+            // Signed with the node's key, a submitted probe answer would
+            // vouch for a node that never answered.
+            return Err(DecodeError(format!(
+                "kind `{}` is herald's own: nodes publish it themselves, nothing may submit it",
+                event.body.kind()
+            )));
+        }
+        Ok(event)
     }
 
     /// A new event published by this node now.

@@ -8,6 +8,7 @@
 
 mod body;
 mod envelope;
+pub mod probe;
 pub mod version;
 
 pub use body::*;

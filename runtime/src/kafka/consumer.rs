@@ -66,6 +66,15 @@ pub struct Status {
     pub catching_up: AtomicBool,
 }
 
+impl Status {
+    /// Records behind the ends of the assigned partitions, summed; none
+    /// before the first statistics (or while no partition is assigned).
+    pub fn total_lag(&self) -> Option<i64> {
+        let lag = self.lag.lock().unwrap();
+        (!lag.is_empty()).then(|| lag.values().map(|l| (*l).max(0)).sum())
+    }
+}
+
 /// Whether a node is ready: at least one group running, and every running
 /// group [`Status::ready`]. `/readyz` and the systemd notification agree.
 pub fn all_ready<'a>(groups: impl IntoIterator<Item = &'a Status>, now_ms: u64) -> bool {

@@ -4,9 +4,12 @@
 //!   that hands each partition's records, in order, to a worker, and commits
 //!   what the workers finished.
 //! - [`producer`]: idempotent, `acks=all`; publishes events and dead letters.
+//! - [`offsets`]: a group's positions read and set from outside it (a
+//!   handler paused, replayed, or started from a position of its own).
 //! - here: client settings shared by both, and topic creation.
 
 pub mod consumer;
+pub mod offsets;
 pub mod producer;
 
 use std::time::Duration;

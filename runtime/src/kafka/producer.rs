@@ -116,6 +116,18 @@ impl Producer {
             .await
     }
 
+    /// Publish `event` on `topic` under `key`, whatever its kind's usual
+    /// topic: a probe goes out on each topic it tests.
+    pub async fn publish_on(
+        &self,
+        topic: &str,
+        key: &str,
+        event: &Event,
+    ) -> anyhow::Result<Delivered> {
+        self.publish_signed(topic, key, &event.to_json().to_string())
+            .await
+    }
+
     /// Publish `events` as bundle records (one signature for each, handled
     /// in order): one record per entity, keyed by it, in the order each
     /// entity first appears, so that every event lands on its entity's
@@ -244,6 +256,25 @@ impl Publisher for Producer {
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
             self.publish_keyed(key, event)
+                .await
+                .map(drop)
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+}
+
+impl crate::dispatch::probe::Sender for Producer {
+    fn send_on<'a>(
+        &'a self,
+        topic: &'a str,
+        event: &'a Event,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let key = event
+                .body
+                .entity_key()
+                .unwrap_or_else(|| event.body.kind().to_string());
+            self.publish_on(topic, &key, event)
                 .await
                 .map(drop)
                 .map_err(|e| format!("{e:#}"))

@@ -241,6 +241,9 @@ pub fn body_to_wit<'a>(body: &'a ev::Body, scratch: &'a Scratch<'a>) -> wit::Bod
             account_id: b.account_id,
             endpoint: &b.endpoint,
         }),
+        // No manifest can subscribe to a host kind (they are not in KINDS),
+        // so dispatch and `herald handler test` never offer one.
+        B::Probe(_) => unreachable!("`probe` is herald's own kind and never reaches a handler"),
     }
 }
 

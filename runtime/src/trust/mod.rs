@@ -266,7 +266,12 @@ impl Policy {
                 });
             }
             Some(_) => {}
-            None if self.require.contains(kind) => return Err(Untrusted::Unsigned { kind }),
+            // herald's own kinds are always signed where trust is on: an
+            // unsigned answer to a probe would vouch for a node that is not
+            // there.
+            None if self.require.contains(kind) || event.body.is_host_only() => {
+                return Err(Untrusted::Unsigned { kind });
+            }
             None => {}
         }
         // A version is the publisher's `ts`: one far ahead would win every

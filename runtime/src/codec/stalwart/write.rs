@@ -10,7 +10,8 @@ pub(super) fn wire_problem(body: &Body) -> Option<EncodeErrorKind> {
         | Body::IpBlock(_)
         | Body::TlsCertificate(_)
         | Body::SettingsReload(_)
-        | Body::PushSubscriptionGone(_) => Some(EncodeErrorKind::NoWireForm(body.kind())),
+        | Body::PushSubscriptionGone(_)
+        | Body::Probe(_) => Some(EncodeErrorKind::NoWireForm(body.kind())),
         Body::CalendarAlert(alert) if alert.recurrence_id == Some(0) => {
             Some(EncodeErrorKind::ZeroRecurrence)
         }
@@ -113,7 +114,8 @@ fn encode_event(out: &mut Vec<u8>, body: &Body) -> Result<(), EncodeErrorKind> {
         | Body::IpBlock(_)
         | Body::TlsCertificate(_)
         | Body::SettingsReload(_)
-        | Body::PushSubscriptionGone(_) => {}
+        | Body::PushSubscriptionGone(_)
+        | Body::Probe(_) => {}
     }
     Ok(())
 }

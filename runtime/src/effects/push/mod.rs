@@ -604,21 +604,12 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// A reqwest error with its causes ("error sending request: … : connection
 /// refused"), which its own text leaves out.
 fn error_text(err: &reqwest::Error) -> String {
-    let mut text = if err.is_timeout() {
-        format!("push request timed out: {err}")
+    let what = if err.is_timeout() {
+        "timed out"
     } else {
-        format!("push request failed: {err}")
+        "failed"
     };
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    format!("push request {what}: {}", crate::bounded::error_chain(err))
 }
 
 /// `text` quoted for an error message, control characters escaped, cut
