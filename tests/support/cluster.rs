@@ -278,6 +278,9 @@ impl TestCluster {
             "batch": {"size": 100},
             "retry": {"attempts": 3, "backoff": "50ms", "maxBackoff": "200ms"},
             "commitInterval": "100ms",
+            // No probes unless a test asks (`probeInterval` in `settings`):
+            // the suites count records and offsets on herald's topics.
+            "probeInterval": 0,
             "api": {"listen": "127.0.0.1:0", "token": TOKEN},
         });
         merge(&mut cfg, &self.settings);

@@ -13,7 +13,7 @@
 //! (an unsigned answer would vouch for a node that is not there). What the
 //! topics hold from earlier (a new node reading history, a replay) says
 //! nothing about now: a probe or answer older than [`FRESH`] is ignored. A
-//! node answers one probe per asker and topic per [`ANSWER_SPACING`], with
+//! node answers one probe per asker and topic per [`answer_spacing`], with
 //! at most [`ANSWERS_IN_FLIGHT`] answers unacknowledged, and remembers at
 //! most [`MAX_NODES`] nodes: a flood of probes costs bounded work.
 
@@ -31,8 +31,16 @@ use crate::event::{Body, Event, now_ms};
 /// Probes and answers older than this (by their `ts`) are history: not
 /// answered, not counted.
 pub const FRESH: Duration = Duration::from_secs(60);
-/// A node answers one probe per asker and topic per this.
-pub const ANSWER_SPACING: Duration = Duration::from_secs(5);
+/// A node answers one probe per asker and topic per this: half its own
+/// probe interval (the cluster's nodes share one), between 0.5 s and 5 s.
+/// An asker probing more often than the others is answered less often
+/// than it asks.
+pub fn answer_spacing(interval: Duration) -> Duration {
+    if interval.is_zero() {
+        return Duration::from_secs(5);
+    }
+    (interval / 2).clamp(Duration::from_millis(500), Duration::from_secs(5))
+}
 /// Answers sent and not yet acknowledged; past this, a probe goes unanswered.
 pub const ANSWERS_IN_FLIGHT: usize = 16;
 /// Nodes remembered; the one heard from longest ago is forgotten first.
@@ -199,13 +207,15 @@ impl Prober {
             if inner
                 .answered
                 .get(&key)
-                .is_some_and(|at| at.elapsed() < ANSWER_SPACING)
+                .is_some_and(|at| at.elapsed() < answer_spacing(self.interval))
             {
                 metrics::counter!("herald_probes_ignored_total", "why" => "too-soon").increment(1);
                 return;
             }
             if inner.answered.len() >= 4 * MAX_NODES {
-                inner.answered.retain(|_, at| at.elapsed() < ANSWER_SPACING);
+                inner
+                    .answered
+                    .retain(|_, at| at.elapsed() < answer_spacing(self.interval));
                 if inner.answered.len() >= 4 * MAX_NODES {
                     metrics::counter!("herald_probes_ignored_total", "why" => "too-many-askers")
                         .increment(1);
@@ -343,9 +353,9 @@ mod tests {
     use super::*;
     use crate::event::Position;
 
-    /// Keeps what would have been published.
+    /// Keeps what would have been published, and says when.
     #[derive(Default)]
-    struct Sent(Mutex<Vec<(String, Event)>>);
+    struct Sent(Mutex<Vec<(String, Event)>>, tokio::sync::Notify);
 
     impl Sender for Sent {
         fn send_on<'a>(
@@ -357,6 +367,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((topic.to_string(), event.clone()));
+            self.1.notify_one();
             Box::pin(async { Ok(()) })
         }
     }
@@ -399,13 +410,14 @@ mod tests {
         }
     }
 
+    /// What was sent once `n` events were (or whatever was, after 10 s).
     async fn settle(sent: &Sent, n: usize) -> Vec<(String, Event)> {
-        for _ in 0..1000 {
-            if sent.0.lock().unwrap().len() >= n {
-                break;
+        let enough = async {
+            while sent.0.lock().unwrap().len() < n {
+                sent.1.notified().await;
             }
-            tokio::task::yield_now().await;
-        }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), enough).await;
         sent.0.lock().unwrap().clone()
     }
 
