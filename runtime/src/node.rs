@@ -532,10 +532,7 @@ impl Node {
             let name = &h.manifest.name;
             if let Some(at) = &h.manifest.start {
                 let positions = offsets::resolve(&self.config, &self.topics(), at.clone()).await?;
-                let group = control::group(&self.config.broadcast_group(), name);
-                offsets::commit(&self.config, &group, &positions).await?;
-                self.control
-                    .set_detached(name, control::Detached { paused: false })?;
+                let group = self.detach_at(name, &positions, false).await?;
                 tracing::info!(
                     handler = name,
                     ?at,
@@ -615,12 +612,7 @@ impl Node {
                 )
                 .await
                 .map_err(fail)?;
-                offsets::commit(&self.config, &group, &at)
-                    .await
-                    .map_err(fail)?;
-                self.control
-                    .set_detached(name, Detached { paused: true })
-                    .map_err(fail)?;
+                self.detach_at(name, &at, true).await.map_err(fail)?;
                 Ok(format!(
                     "`{name}` paused; the other handlers go on, and its offsets stay in group {group}"
                 ))
@@ -641,11 +633,8 @@ impl Node {
                 let positions = offsets::resolve(&self.config, &self.topics(), at.clone())
                     .await
                     .map_err(fail)?;
-                offsets::commit(&self.config, &group, &positions)
+                self.detach_at(name, &positions, false)
                     .await
-                    .map_err(fail)?;
-                self.control
-                    .set_detached(name, Detached { paused: false })
                     .map_err(fail)?;
                 Ok(format!(
                     "`{name}` handles again from {at:?}, alone, in group {group} ({} partitions)",
@@ -653,6 +642,21 @@ impl Node {
                 ))
             }
         }
+    }
+
+    /// Give `name` a group of its own whose offsets are `positions`, and
+    /// keep it there from now on; returns the group.
+    async fn detach_at(
+        &self,
+        name: &str,
+        positions: &offsets::Positions,
+        paused: bool,
+    ) -> anyhow::Result<String> {
+        let group = control::group(&self.config.broadcast_group(), name);
+        offsets::commit(&self.config, &group, positions).await?;
+        self.control
+            .set_detached(name, control::Detached { paused })?;
+        Ok(group)
     }
 
     /// A paused handler runs no consumer: its lag is read from the broker.
