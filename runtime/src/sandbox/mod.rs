@@ -765,12 +765,34 @@ fn check_imports(
                 ),
                 None => bail!("imports `{name}`, which this herald does not provide"),
             }
-        } else if !name.starts_with("wasi:") {
+        } else if name.starts_with("wasi:") {
+            if !PROVIDED_WASI.iter().any(|p| name.starts_with(p)) {
+                bail!(
+                    "handler `{}` imports `{name}`, which herald does not provide: a handler \
+                     reaches the outside only through herald's capabilities (push, publish, …), \
+                     never by network or HTTP of its own. Build the component without it \
+                     (componentize-js: `-d http`; otherwise leave out the code that uses it)",
+                    manifest.name
+                );
+            }
+        } else {
             bail!("imports `{name}`, which herald does not provide");
         }
     }
     Ok(())
 }
+
+/// The WASI interfaces a handler may import: what a language's runtime needs
+/// to start (arguments, environment, standard streams, clocks, randomness,
+/// and a file system with nothing in it). No `wasi:sockets`, no `wasi:http`:
+/// the linker has sockets, but a handler is refused before it could ask.
+const PROVIDED_WASI: &[&str] = &[
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:filesystem/",
+];
 
 #[cfg(test)]
 mod tests {
@@ -786,5 +808,36 @@ mod tests {
             Some(PACKAGE_VERSION)
         );
         assert_eq!(herald_version("wasi:io/streams@0.2.6"), None);
+    }
+
+    fn check(wat: &str) -> anyhow::Result<()> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).unwrap();
+        let component = Component::new(&engine, wat::parse_str(wat).unwrap()).unwrap();
+        let manifest =
+            Manifest::parse("subscribe = [\"ip-block\"]\nmode = \"broadcast\"", "net").unwrap();
+        check_imports(&engine, &component, &manifest)
+    }
+
+    #[test]
+    fn network_and_http_imports_are_refused_by_name() {
+        for iface in [
+            "wasi:http/outgoing-handler@0.2.0",
+            "wasi:sockets/tcp@0.2.0",
+            "wasi:sockets/ip-name-lookup@0.2.3",
+            "wasi:keyvalue/store@0.2.0-draft",
+        ] {
+            let e = check(&format!("(component (import \"{iface}\" (instance)))"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("imports `{iface}`, which herald does not provide")),
+                "{e}"
+            );
+            assert!(e.contains("-d http"), "{e}");
+        }
+        check("(component (import \"wasi:filesystem/types@0.2.6\" (instance)))").unwrap();
+        check("(component (import \"wasi:clocks/monotonic-clock@0.2.6\" (instance)))").unwrap();
     }
 }
