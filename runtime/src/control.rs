@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::kafka::consumer;
-use crate::manifest::StartAt;
+use crate::manifest::{Mode, StartAt};
 
 /// The file in the state directory.
 pub const FILE: &str = "handlers.json";
@@ -63,6 +63,9 @@ pub struct Control {
     path: PathBuf,
     saved: Mutex<Saved>,
     requests: mpsc::UnboundedSender<Request>,
+    /// The node's broadcast and shared groups: the lag of a handler that is
+    /// in its mode's group.
+    mode_groups: [Arc<consumer::Status>; 2],
     /// The running detached groups' consumer status (lag), by handler.
     pub statuses: Mutex<BTreeMap<String, Arc<consumer::Status>>>,
     /// The lag of paused handlers, read from the broker now and then.
@@ -71,7 +74,11 @@ pub struct Control {
 
 impl Control {
     /// Open the state directory's file; the receiver is the supervisor's.
-    pub fn open(state_dir: &Path) -> anyhow::Result<(Control, mpsc::UnboundedReceiver<Request>)> {
+    /// `mode_groups`: the broadcast and the shared group's status.
+    pub fn open(
+        state_dir: &Path,
+        mode_groups: [Arc<consumer::Status>; 2],
+    ) -> anyhow::Result<(Control, mpsc::UnboundedReceiver<Request>)> {
         let path = state_dir.join(FILE);
         let saved = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -85,6 +92,7 @@ impl Control {
                 path,
                 saved: Mutex::new(saved),
                 requests: tx,
+                mode_groups,
                 statuses: Default::default(),
                 paused_lag: Default::default(),
             },
@@ -162,20 +170,29 @@ impl Control {
         }
     }
 
-    /// Whether `handler` is paused, and its lag: its own group's when it is
-    /// detached, else that of its mode's group (`mode_group`).
-    pub fn handler_lag(&self, handler: &str, mode_group: &consumer::Status) -> (bool, Option<i64>) {
+    /// Whether `handler` (of `mode`) is paused, and its lag: its own
+    /// group's when it is detached, else that of its mode's group.
+    pub fn handler_lag(&self, handler: &str, mode: Mode) -> (bool, Option<i64>) {
         match self.detached(handler) {
             Some(d) => (d.paused, self.lag(handler)),
-            None => (false, mode_group.total_lag()),
+            None => {
+                let [broadcast, shared] = &self.mode_groups;
+                let group = match mode {
+                    Mode::Broadcast => broadcast,
+                    Mode::Shared => shared,
+                };
+                (false, group.total_lag())
+            }
         }
     }
 
-    /// Whether the mode's own group hands events to `handler`: it is known
-    /// to this node (its `start` dealt with) and not in a group of its own.
-    pub fn in_mode_group(&self, handler: &str) -> bool {
+    /// Whether the group of `mode` hands events to `handler`: a shared
+    /// handler always; a broadcast one once it is known to this node (its
+    /// `start` dealt with) and not in a group of its own.
+    pub fn in_mode_group(&self, handler: &str, mode: Mode) -> bool {
         let saved = self.saved.lock().unwrap();
-        saved.known.contains(handler) && !saved.detached.contains_key(handler)
+        mode == Mode::Shared
+            || (saved.known.contains(handler) && !saved.detached.contains_key(handler))
     }
 
     fn save(&self, saved: &Saved) -> anyhow::Result<()> {
@@ -197,16 +214,19 @@ mod tests {
     #[test]
     fn what_is_detached_and_known_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let (c, _rx) = Control::open(dir.path()).unwrap();
+        let (c, _rx) = Control::open(dir.path(), Default::default()).unwrap();
         assert_eq!(c.note_known(&["a".into(), "b".into()]).unwrap(), ["a", "b"]);
         c.set_detached("a", Detached { paused: true }).unwrap();
         drop(c);
-        let (c, _rx) = Control::open(dir.path()).unwrap();
+        let (c, _rx) = Control::open(dir.path(), Default::default()).unwrap();
         assert_eq!(c.note_known(&["a".into(), "c".into()]).unwrap(), ["c"]);
         assert_eq!(c.detached("a"), Some(Detached { paused: true }));
         assert_eq!(c.detached("b"), None);
         std::fs::write(dir.path().join(FILE), "junk").unwrap();
-        let e = Control::open(dir.path()).err().unwrap().to_string();
+        let e = Control::open(dir.path(), Default::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("handlers.json"), "{e}");
     }
 }

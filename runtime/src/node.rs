@@ -92,7 +92,10 @@ impl Node {
         let producer = Arc::new(Producer::new(&config)?);
         let effects = Arc::new(NodeEffects::open(&config, producer.clone())?);
         let keeper = Arc::new(Keeper::open(&config.state_dir, &config.topics.state)?);
-        let (control, control_requests) = Control::open(&config.state_dir)?;
+        let broadcast: Arc<consumer::Status> = Arc::default();
+        let shared: Arc<consumer::Status> = Arc::default();
+        let (control, control_requests) =
+            Control::open(&config.state_dir, [broadcast.clone(), shared.clone()])?;
         let control = Arc::new(control);
         // A handler without a `start` of its own joins its mode's group
         // wherever it is: known from the start. Those with one are dealt
@@ -104,17 +107,11 @@ impl Node {
             .map(|h| h.manifest.name.clone())
             .collect();
         control.note_known(&plain)?;
-        let (broadcast, shared) = (Arc::default(), Arc::default());
         let prober = Arc::new(Prober::new(
             config.node_id.clone(),
             probed_topics(&config),
             config.probe_interval,
-            describe(
-                &config,
-                registry.clone(),
-                control.clone(),
-                [&broadcast, &shared],
-            ),
+            describe(&config, registry.clone(), control.clone()),
             producer.clone(),
         ));
         let pointers = match &config.stalwart.management {
@@ -516,7 +513,7 @@ impl Node {
         self.registry
             .snapshot(mode)
             .iter()
-            .filter(|h| mode == Mode::Shared || self.control.in_mode_group(&h.manifest.name))
+            .filter(|h| self.control.in_mode_group(&h.manifest.name, mode))
             .cloned()
             .collect()
     }
@@ -723,9 +720,7 @@ impl Node {
             if ticks.is_multiple_of(4) {
                 for h in self.registry.all() {
                     let name = &h.manifest.name;
-                    if let (_, Some(lag)) =
-                        self.control.handler_lag(name, self.status(h.manifest.mode))
-                    {
+                    if let (_, Some(lag)) = self.control.handler_lag(name, h.manifest.mode) {
                         metrics::gauge!("herald_handler_lag", "handler" => name.clone())
                             .set(lag as f64);
                     }
@@ -780,7 +775,7 @@ impl dispatch::Handlers for Sandboxed {
                 let name = &loaded.manifest.name;
                 match &self.only {
                     Some(only) => only == name,
-                    None => self.mode == Mode::Shared || self.control.in_mode_group(name),
+                    None => self.control.in_mode_group(name, self.mode),
                 }
             })
             .map(|loaded| {
@@ -876,10 +871,8 @@ fn describe(
     config: &Config,
     registry: Arc<Registry>,
     control: Arc<Control>,
-    [broadcast, shared]: [&Arc<consumer::Status>; 2],
 ) -> Box<dyn Fn() -> NodeReport + Send + Sync> {
     let node = config.node_id.clone();
-    let (broadcast, shared) = (broadcast.clone(), shared.clone());
     Box::new(move || NodeReport {
         node: node.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -887,11 +880,7 @@ fn describe(
             .all()
             .iter()
             .map(|h| {
-                let status = match h.manifest.mode {
-                    Mode::Broadcast => &broadcast,
-                    Mode::Shared => &shared,
-                };
-                let (paused, lag) = control.handler_lag(&h.manifest.name, status);
+                let (paused, lag) = control.handler_lag(&h.manifest.name, h.manifest.mode);
                 HandlerReport {
                     name: h.manifest.name.clone(),
                     mode: h.manifest.mode.as_str().to_string(),

@@ -116,7 +116,7 @@ fn grants(config: &Config) -> anyhow::Result<Vec<Grant>> {
         let secret = match &t.source {
             TokenSource::Inline(secret) => secret.trim().to_string(),
             TokenSource::File(file) => {
-                read_token_file(&format!("api.tokens[{i}].tokenFile"), file)?
+                crate::config::read_token_file(&format!("api.tokens[{i}].tokenFile"), file)?
             }
         };
         anyhow::ensure!(
@@ -165,22 +165,12 @@ pub fn existing_token(config: &crate::config::Config) -> anyhow::Result<Option<S
         return Ok(Some(t.clone()));
     }
     if let Some(file) = &api.token_file {
-        return read_token_file("api.tokenFile", file).map(Some);
+        return crate::config::read_token_file("api.tokenFile", file).map(Some);
     }
     Ok(std::fs::read_to_string(config.state_dir.join("api.token"))
         .ok()
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty()))
-}
-
-/// The token in `file` (`field` of the config), trimmed; an empty one is
-/// refused.
-fn read_token_file(field: &str, file: &std::path::Path) -> anyhow::Result<String> {
-    let t = std::fs::read_to_string(file)
-        .with_context(|| format!("{field}: cannot read {}", file.display()))?;
-    let t = t.trim().to_string();
-    anyhow::ensure!(!t.is_empty(), "{field}: {} is empty", file.display());
-    Ok(t)
 }
 
 fn router(api: Api) -> Router {
@@ -407,11 +397,7 @@ async fn status(State(api): State<Api>) -> Response {
         .iter()
         .map(|h| {
             let name = &h.manifest.name;
-            let mode_group = match h.manifest.mode {
-                crate::manifest::Mode::Broadcast => &api.groups[0].2,
-                crate::manifest::Mode::Shared => &api.groups[1].2,
-            };
-            let (paused, lag) = api.control.handler_lag(name, mode_group);
+            let (paused, lag) = api.control.handler_lag(name, h.manifest.mode);
             let own = api
                 .control
                 .detached(name)
@@ -548,7 +534,7 @@ async fn reload(State(api): State<Api>) -> Response {
     }
 }
 
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReplayFrom {
     from: String,

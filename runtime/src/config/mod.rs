@@ -121,6 +121,17 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HANDLERS: &str = "/etc/herald/handlers";
 /// Default of `stateDir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/herald";
+/// A token or key in `file` (`field` of the config), trimmed; an empty one
+/// is refused. Used for the API's tokens and Stalwart's credentials.
+pub fn read_token_file(field: &str, file: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let t = std::fs::read_to_string(file)
+        .with_context(|| format!("{field}: cannot read {}", file.display()))?;
+    let t = t.trim().to_string();
+    anyhow::ensure!(!t.is_empty(), "{field}: {} is empty", file.display());
+    Ok(t)
+}
+
 /// Default of `commitInterval`.
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(250);
 /// Default of `probeInterval`.

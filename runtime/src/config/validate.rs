@@ -535,21 +535,8 @@ fn management(raw: RawManagement) -> anyhow::Result<Management> {
              HTTP listener, e.g. https://mail-1.example.com)"
         ),
     }
-    let secret = |field: &str, path: &PathBuf| -> anyhow::Result<String> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            anyhow!(
-                "field `stalwart.management.{field}`: cannot read {}: {e}",
-                path.display()
-            )
-        })?;
-        let text = text.trim().to_string();
-        if text.is_empty() {
-            bail!(
-                "field `stalwart.management.{field}`: {} is empty",
-                path.display()
-            );
-        }
-        Ok(text)
+    let secret = |field: &str, path: &PathBuf| {
+        read_token_file(&format!("field `stalwart.management.{field}`"), path)
     };
     let auth = match (raw.api_key_file, raw.username, raw.password_file) {
         (Some(key), None, None) => ManagementAuth::Bearer(secret("apiKeyFile", &key)?),

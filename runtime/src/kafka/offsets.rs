@@ -48,27 +48,53 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
+/// What the client's group has committed on `parts` (partitions without a
+/// commit are left out).
+fn committed_on(
+    c: &BaseConsumer<Quiet>,
+    group: &str,
+    parts: &[(String, i32)],
+) -> anyhow::Result<Positions> {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in parts {
+        tpl.add_partition(t, *p);
+    }
+    let got = c
+        .committed_offsets(tpl, WAIT)
+        .with_context(|| format!("cannot read the offsets group {group} committed"))?;
+    Ok(got
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The oldest offset each of `parts` still holds, and its end.
+fn watermarks(
+    c: &BaseConsumer<Quiet>,
+    parts: &[(String, i32)],
+) -> anyhow::Result<BTreeMap<(String, i32), (i64, i64)>> {
+    parts
+        .iter()
+        .map(|(t, p)| {
+            let marks = c
+                .fetch_watermarks(t, *p, WAIT)
+                .with_context(|| format!("cannot read the offsets of {t}/{p}"))?;
+            Ok(((t.clone(), *p), marks))
+        })
+        .collect()
+}
+
 /// What `group` has committed on `topics` (partitions without a commit are
 /// left out).
 pub async fn committed(cfg: &Config, group: &str, topics: &[String]) -> anyhow::Result<Positions> {
     let (cfg, group, topics) = (cfg.clone(), group.to_string(), topics.to_vec());
     blocking(move || {
         let c = client(&cfg, &group)?;
-        let mut tpl = TopicPartitionList::new();
-        for (t, p) in partitions(&c, &topics)? {
-            tpl.add_partition(&t, p);
-        }
-        let got = c
-            .committed_offsets(tpl, WAIT)
-            .with_context(|| format!("cannot read the offsets group {group} committed"))?;
-        Ok(got
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
-                _ => None,
-            })
-            .collect())
+        committed_on(&c, &group, &partitions(&c, &topics)?)
     })
     .await
 }
@@ -79,22 +105,18 @@ pub async fn resolve(cfg: &Config, topics: &[String], at: StartAt) -> anyhow::Re
     blocking(move || {
         let c = client(&cfg, "herald-offsets")?;
         let mut out = Positions::new();
-        let parts = partitions(&c, &topics)?;
         let mut by_time = BTreeMap::new();
-        for (t, p) in &parts {
-            let (low, high) = c
-                .fetch_watermarks(t, *p, WAIT)
-                .with_context(|| format!("cannot read the offsets of {t}/{p}"))?;
+        for (key, (low, high)) in watermarks(&c, &partitions(&c, &topics)?)? {
             let at = match at {
                 StartAt::Earliest => low,
                 StartAt::Latest => high,
                 StartAt::Offset(o) => o.clamp(low, high),
                 StartAt::Time(_) => {
-                    by_time.insert((t.clone(), *p), high);
+                    by_time.insert(key, high);
                     continue;
                 }
             };
-            out.insert((t.clone(), *p), at);
+            out.insert(key, at);
         }
         if let StartAt::Time(ms) = at
             && !by_time.is_empty()
@@ -141,13 +163,18 @@ pub async fn commit(cfg: &Config, group: &str, positions: &Positions) -> anyhow:
 }
 
 /// Records `group` has not handled yet on `topics`, summed (for a group
-/// whose consumer is not running: a paused handler's).
+/// whose consumer is not running: a paused handler's). A partition without
+/// a commit counts from its oldest record.
 pub async fn lag(cfg: &Config, group: &str, topics: &[String]) -> anyhow::Result<i64> {
-    let done = committed(cfg, group, topics).await?;
-    let ends = resolve(cfg, topics, StartAt::Latest).await?;
-    let starts = resolve(cfg, topics, StartAt::Earliest).await?;
-    Ok(ends
-        .iter()
-        .map(|(k, end)| end - done.get(k).copied().unwrap_or(starts[k]).min(*end))
-        .sum())
+    let (cfg, group, topics) = (cfg.clone(), group.to_string(), topics.to_vec());
+    blocking(move || {
+        let c = client(&cfg, &group)?;
+        let parts = partitions(&c, &topics)?;
+        let done = committed_on(&c, &group, &parts)?;
+        Ok(watermarks(&c, &parts)?
+            .iter()
+            .map(|(k, (low, high))| high - done.get(k).copied().unwrap_or(*low).min(*high))
+            .sum())
+    })
+    .await
 }

@@ -65,6 +65,13 @@ pub struct Delivered {
     pub offset: i64,
 }
 
+/// The record key of an event herald publishes: its entity, so that one
+/// entity's events share a partition (and compaction keeps its latest);
+/// for a kind without one, the kind.
+fn record_key(body: &Body) -> String {
+    body.entity_key().unwrap_or_else(|| body.kind().to_string())
+}
+
 impl Producer {
     /// The producer, signing with the config's key (created on first use,
     /// see [`Config::signing_key_path`]).
@@ -103,16 +110,11 @@ impl Producer {
 
     /// Publish an event to the events topic, keyed by its entity.
     pub async fn publish(&self, event: &Event) -> anyhow::Result<Delivered> {
-        let key = event
-            .body
-            .entity_key()
-            .unwrap_or_else(|| event.body.kind().to_string());
-        self.publish_keyed(&key, event).await
+        self.publish_keyed(&record_key(&event.body), event).await
     }
 
     pub async fn publish_keyed(&self, key: &str, event: &Event) -> anyhow::Result<Delivered> {
-        let topic = self.topics.for_body(&event.body);
-        self.publish_signed(topic, key, &event.to_json().to_string())
+        self.publish_on(self.topics.for_body(&event.body), key, event)
             .await
     }
 
@@ -149,10 +151,7 @@ impl Producer {
         }
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
         for (i, e) in events.iter().enumerate() {
-            let key = e
-                .body
-                .entity_key()
-                .unwrap_or_else(|| e.body.kind().to_string());
+            let key = record_key(&e.body);
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, members)) => members.push(i),
                 None => groups.push((key, vec![i])),
@@ -270,11 +269,7 @@ impl crate::dispatch::probe::Sender for Producer {
         event: &'a Event,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
-            let key = event
-                .body
-                .entity_key()
-                .unwrap_or_else(|| event.body.kind().to_string());
-            self.publish_on(topic, &key, event)
+            self.publish_on(topic, &record_key(&event.body), event)
                 .await
                 .map(drop)
                 .map_err(|e| format!("{e:#}"))
