@@ -190,7 +190,8 @@ impl Registry {
                         version = %loaded.manifest.version,
                         mode = ?loaded.manifest.mode,
                         subscribe = ?loaded.manifest.subscribe,
-                        cached = loaded.from_cache,
+                        cached = loaded.compile.from_cache,
+                        compile_seconds = ?loaded.compile.compile_seconds,
                         "handler loaded"
                     );
                     report.loaded.push(name);

@@ -258,16 +258,33 @@ async fn broken_wasm_is_refused_with_a_clear_error() {
 async fn compiled_components_are_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let first = sandbox(&dir);
-    assert!(!load(&first, "blocking").from_cache);
+    let compiled = load(&first, "blocking").compile;
+    assert!(!compiled.from_cache);
     drop(first);
     let second = sandbox(&dir);
     let h = load(&second, "blocking");
-    assert!(h.from_cache, "a restart must not compile again");
+    assert!(h.compile.from_cache, "a restart must not compile again");
+    // What the first load measured is remembered beside the entry.
+    assert_eq!(h.compile.compile_seconds, compiled.compile_seconds);
+    assert!(h.compile.compile_seconds.unwrap() > 0.0);
+    assert_eq!(h.compile.cache_bytes, compiled.cache_bytes);
     let out = second
         .call(&h, &[ip_block("203.0.113.7")], Arc::new(Recorder::new()))
         .await
         .unwrap();
     assert_eq!(out, vec![Outcome::Ok]);
-    let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert_eq!(cached.len(), 1);
+    // One compiled file and its record.
+    let mut cached: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .extension()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    cached.sort();
+    assert_eq!(cached, ["cwasm", "json"]);
 }

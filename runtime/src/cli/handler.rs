@@ -131,6 +131,31 @@ pub fn inspect(wasm: &Path, as_json: bool, out: &mut dyn Write) -> anyhow::Resul
     }
     writeln!(out, "component  {}", wasm.display())?;
     writeln!(out, "sha256     {}", info.digest)?;
+    let size = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
+    writeln!(
+        out,
+        "memory     starts with {} of linear memory (limits.memory must leave room above it)",
+        size(info.initial_memory)
+    )?;
+    let c = &info.compile;
+    let took = match c.compile_seconds {
+        Some(s) => format!("compiled in {s:.2} s"),
+        None => "compile time not recorded".into(),
+    };
+    match (&c.cache_file, c.cache_bytes) {
+        (Some(file), Some(bytes)) => writeln!(
+            out,
+            "compile    {took}{}; cached in {} ({})",
+            if c.from_cache {
+                " (when first loaded)"
+            } else {
+                ""
+            },
+            file.display(),
+            size(bytes)
+        )?,
+        _ => writeln!(out, "compile    {took}; not cached")?,
+    }
     writeln!(
         out,
         "world      {}",

@@ -11,6 +11,7 @@
 
 mod bindings;
 mod cache;
+mod compile;
 mod host;
 mod stdio;
 
@@ -32,6 +33,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 pub use bindings::body_from_wit;
 use bindings::{Handler, HandlerPre, Scratch, wit};
+pub use cache::CompileInfo;
 use host::HostState;
 use stdio::GuestOutput;
 
@@ -54,11 +56,15 @@ const EPOCH_TICK: Duration = Duration::from_millis(1);
 pub const DEADLINE_GRACE: Duration = Duration::from_millis(50);
 
 /// A component may hold at most this many core instances, tables and
-/// memories: a Rust guest needs a handful of instances, a few tables and one
-/// memory, and the memory cap is then the cap of everything it can hold.
+/// memories. A Rust guest needs a handful of instances, a few tables and one
+/// memory; a Python one (componentize-py) about twenty instances, and two
+/// memories: CPython's and that of the stub standing in for `wasi:sockets`
+/// (`guest-sdk/python/no-sockets`). The memory cap counts every memory of
+/// an instance together ([`MemoryCap`]), so it is still the cap of
+/// everything an instance holds.
 const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 const MAX_TABLES_PER_COMPONENT: u32 = 8;
-const MAX_MEMORIES_PER_COMPONENT: u32 = 1;
+const MAX_MEMORIES_PER_COMPONENT: u32 = 2;
 
 /// Bytes of a freed slot's linear memory (and tables) reset in place rather
 /// than decommitted, when the kernel reports which pages were dirtied: only
@@ -200,8 +206,10 @@ pub struct Loaded {
     pub manifest: Arc<Manifest>,
     /// SHA-256 of the `.wasm`.
     pub digest: String,
-    /// Whether the compiled code came from the `.cwasm` cache.
-    pub from_cache: bool,
+    /// What compiling it cost, and whether the code came from the cache.
+    pub compile: CompileInfo,
+    /// Bytes of linear memory an instance starts with.
+    pub initial_memory: u64,
     name: Arc<str>,
     settings: Arc<BTreeMap<String, String>>,
     pre: HandlerPre<HostState>,
@@ -209,8 +217,13 @@ pub struct Loaded {
 
 /// A component's interface, for `herald handler inspect`.
 #[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Inspection {
     pub digest: String,
+    /// Bytes of linear memory an instance starts with: what the manifest's
+    /// `limits.memory` must leave room above.
+    pub initial_memory: u64,
+    pub compile: CompileInfo,
     pub world: Option<&'static str>,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
@@ -230,7 +243,7 @@ impl Sandbox {
             // A Rust guest is a few core instances (the module plus shims)
             // with one memory and a couple of tables.
             .total_core_instances(cfg.max_instances * 4)
-            .total_memories(cfg.max_instances)
+            .total_memories(cfg.max_instances * MAX_MEMORIES_PER_COMPONENT)
             .total_tables(cfg.max_instances * 4)
             .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
             .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
@@ -300,11 +313,20 @@ impl Sandbox {
         })
     }
 
-    fn compile(&self, wasm: &[u8], digest: &str) -> anyhow::Result<(Component, bool)> {
-        match &self.cache {
+    /// Compile `wasm` (or take it from the cache) on the low-priority
+    /// compile pool.
+    fn compile(&self, wasm: &[u8], digest: &str) -> anyhow::Result<cache::Compiled> {
+        compile::run(|| match &self.cache {
             Some(c) => c.component(&self.engine, wasm, digest),
-            None => Ok((Component::new(&self.engine, wasm)?, false)),
-        }
+            None => {
+                let (component, took) = cache::compile(&self.engine, wasm)?;
+                let info = CompileInfo {
+                    compile_seconds: Some(took.as_secs_f64()),
+                    ..CompileInfo::default()
+                };
+                Ok(cache::Compiled { component, info })
+            }
+        })
     }
 
     /// Load `wasm` (a file) with the manifest beside it.
@@ -320,7 +342,23 @@ impl Sandbox {
     /// manifest's grants.
     pub fn load(&self, wasm: &[u8], manifest: Manifest) -> anyhow::Result<Loaded> {
         let digest = cache::digest(wasm);
-        let (component, from_cache) = self
+        let initial_memory = initial_memory(wasm).context("not a valid WebAssembly component")?;
+        let cap = manifest.limits.memory;
+        if initial_memory > cap {
+            let size = |b: u64| bytesize::ByteSize(b).display().iec().to_string();
+            bail!(
+                "handler `{}` starts with {} of linear memory, more than its manifest's \
+                 limits.memory of {}: raise limits.memory, leaving room for a batch to grow \
+                 (herald handler inspect shows what a component starts with)",
+                manifest.name,
+                size(initial_memory),
+                size(cap)
+            );
+        }
+        let cache::Compiled {
+            component,
+            info: compile,
+        } = self
             .compile(wasm, &digest)
             .context("not a valid WebAssembly component")?;
         check_imports(&self.engine, &component, &manifest)?;
@@ -337,7 +375,8 @@ impl Sandbox {
             settings: Arc::new(manifest.settings.clone()),
             manifest: Arc::new(manifest),
             digest,
-            from_cache,
+            compile,
+            initial_memory,
             pre,
         })
     }
@@ -345,7 +384,11 @@ impl Sandbox {
     /// Describe a component without running it.
     pub fn inspect(&self, wasm: &[u8]) -> anyhow::Result<Inspection> {
         let digest = cache::digest(wasm);
-        let (component, _) = self
+        let initial_memory = initial_memory(wasm).context("not a valid WebAssembly component")?;
+        let cache::Compiled {
+            component,
+            info: compile,
+        } = self
             .compile(wasm, &digest)
             .context("not a valid WebAssembly component")?;
         let ty = component.component_type();
@@ -378,6 +421,8 @@ impl Sandbox {
             .any(|(n, i)| n == "handle" && matches!(i.ty, ComponentItem::ComponentFunc(_)));
         Ok(Inspection {
             digest,
+            initial_memory,
+            compile,
             world: is_handler.then_some(concat!("herald:coordination/handler@", "0.2.0")),
             imports,
             exports,
@@ -657,10 +702,20 @@ fn classify(store: &mut Store<HostState>, e: wasmtime::Error, default: FailureKi
                 .iec()
         ),
         FailureKind::Memory => format!(
-            "tried to grow its memory past the cap of {}",
+            "tried to grow its memory past the cap of {} (limits.memory)",
             bytesize::ByteSize(store.data().limits.cap).display().iec()
         ),
-        FailureKind::Panic => bounded::reason(stderr[panic_at.unwrap_or(0)..].join(" ")),
+        FailureKind::Panic => match python_exception(&stderr[..panic_at.unwrap_or(0)]) {
+            Some(exception) => bounded::reason(exception),
+            None => bounded::reason(stderr[panic_at.unwrap_or(0)..].join(" ")),
+        },
+        // The stub a Python handler's build puts in place of wasi:sockets
+        // (guest-sdk/python/no-sockets) traps on every call.
+        _ if format!("{e:?}").contains("herald_no_sockets.wasm!") => {
+            "tried to use a socket of its own (wasi:sockets): a handler reaches the outside \
+             only through herald's capabilities"
+                .to_string()
+        }
         _ => bounded::reason(format!("{e:#}")),
     };
     let handler = store.data().handler.clone();
@@ -668,6 +723,27 @@ fn classify(store: &mut Store<HostState>, e: wasmtime::Error, default: FailureKi
         tracing::warn!(handler = %handler, stream = "stderr", "{line}");
     }
     CallError { kind, message }
+}
+
+/// An uncaught Python exception, from the traceback a componentize-py
+/// component writes before its runtime panics ("Python function threw an
+/// unexpected exception", which names nothing): the exception and the last
+/// place it went through, `KeyError: 'x' (at "/1/handler.py", line 31, in
+/// ip_block)`.
+fn python_exception(stderr: &[String]) -> Option<String> {
+    let start = stderr
+        .iter()
+        .rposition(|l| l.starts_with("Traceback (most recent call last):"))?;
+    let traceback = &stderr[start + 1..];
+    let exception = traceback.iter().rev().find(|l| !l.starts_with(' '))?;
+    let at = traceback
+        .iter()
+        .rev()
+        .find_map(|l| l.trim_start().strip_prefix("File "));
+    Some(match at {
+        Some(at) => format!("uncaught Python exception {exception} (at {at})"),
+        None => format!("uncaught Python exception {exception}"),
+    })
 }
 
 fn flush_output(store: &mut Store<HostState>) {
@@ -684,28 +760,44 @@ fn flush_output(store: &mut Store<HostState>) {
     }
 }
 
-/// The per-instance memory cap, remembering whether the guest hit it so a
-/// failed call can say so.
+/// The per-instance memory cap, over all the instance's linear memories
+/// together, remembering whether the guest hit it so a failed call can say
+/// so, and the most it held.
 pub(crate) struct MemoryCap {
     cap: u64,
+    /// Bytes of linear memory the instance holds, all memories together.
+    used: u64,
+    peak: u64,
     hit: bool,
 }
 
 impl MemoryCap {
     fn new(cap: u64) -> MemoryCap {
-        MemoryCap { cap, hit: false }
+        MemoryCap {
+            cap,
+            used: 0,
+            peak: 0,
+            hit: false,
+        }
     }
 }
 
 impl ResourceLimiter for MemoryCap {
+    /// Called for each memory as it is created (from 0 to its minimum) and
+    /// as it grows.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = desired as u64 <= self.cap;
+        let used = self.used - current as u64 + desired as u64;
+        let ok = used <= self.cap;
         self.hit |= !ok;
+        if ok {
+            self.used = used;
+            self.peak = self.peak.max(used);
+        }
         Ok(ok)
     }
 
@@ -717,6 +809,24 @@ impl ResourceLimiter for MemoryCap {
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
+}
+
+/// The linear memory an instance of `wasm` starts with: the minimum sizes of
+/// the memories its core modules define, added up. A Rust handler starts
+/// with about 1 MiB, a Python one with CPython's pre-initialised heap
+/// (12 MiB and more).
+fn initial_memory(wasm: &[u8]) -> anyhow::Result<u64> {
+    let mut total = 0u64;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let wasmparser::Payload::MemorySection(memories) = payload? {
+            for memory in memories {
+                let memory = memory?;
+                let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+                total = total.saturating_add(memory.initial.saturating_mul(page));
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// `herald:coordination/idle@0.1.0` → `idle`.
@@ -770,8 +880,11 @@ fn check_imports(
                 bail!(
                     "handler `{}` imports `{name}`, which herald does not provide: a handler \
                      reaches the outside only through herald's capabilities (push, publish, …), \
-                     never by network or HTTP of its own. Build the component without it \
-                     (componentize-js: `-d http`; otherwise leave out the code that uses it)",
+                     never by network or HTTP of its own. Build the component without it: \
+                     componentize-js with `-d http -d fetch-event` (guest-sdk/js/build.mjs \
+                     does); componentize-py imports `wasi:sockets` whatever the code does, so \
+                     plug a stub into it (guest-sdk/python/build.py does: `just build-python`); \
+                     otherwise leave out the code that uses it",
                     manifest.name
                 );
             }
@@ -818,6 +931,27 @@ mod tests {
         let manifest =
             Manifest::parse("subscribe = [\"ip-block\"]\nmode = \"broadcast\"", "net").unwrap();
         check_imports(&engine, &component, &manifest)
+    }
+
+    #[test]
+    fn an_uncaught_python_exception_is_named_with_where_it_was_raised() {
+        let lines = |text: &str| text.lines().map(String::from).collect::<Vec<_>>();
+        let stderr = lines(
+            "Traceback (most recent call last):\n  File \"/0/herald_guest/__init__.py\", line 342, \
+             in handle\n  File \"/1/handler.py\", line 31, in ip_block\n    raise KeyError(\"x\")\n\
+             KeyError: 'a bug'",
+        );
+        assert_eq!(
+            python_exception(&stderr).as_deref(),
+            Some(
+                "uncaught Python exception KeyError: 'a bug' (at \"/1/handler.py\", line 31, \
+                 in ip_block)"
+            )
+        );
+        assert_eq!(
+            python_exception(&lines("thread 'main' panicked at src/lib.rs:1:1")),
+            None
+        );
     }
 
     #[test]
