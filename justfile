@@ -1,6 +1,8 @@
 # herald: every developer and CI entry point.
 #   just demo    build everything and watch a node handle events (no install needed)
 #   just test    build everything and run every test
+#   just build-python, just build-js
+#                the example handlers in Python and JavaScript (target/handlers/)
 #   just lint    formatting, clippy and rustdoc, warnings as errors
 #   just package the Debian package, target/debian/herald_<version>-1_<arch>.deb
 #   just bench   sandbox, decode, pipeline, trust and end-to-end benchmarks (bench-quick: smaller)
@@ -18,6 +20,11 @@ handlers := "mailbox push blocking certificate"
 assets := root / "target" / "package-assets"
 debs := root / "target" / "debian"
 fixtures := "spin hog panic ungranted flaky sleeper logflood hugereason outcomes republish overreach badcert"
+# Handlers written with the Python and JavaScript SDKs (guest-sdk/python,
+# guest-sdk/js): each a folder of handlers/ with handler.py or handler.js.
+py_handlers := "blocking-py"
+js_handlers := "blocking-js"
+py_fixtures := "hostile-py"
 
 default:
     @just --list
@@ -53,6 +60,26 @@ fixtures: setup
         cp handlers/fixtures/$f/$f.toml {{ out }}/fixtures/$f.toml; \
     done
 
+# Python handlers, with componentize-py (installed, pinned, into herald's
+# cache by guest-sdk/python/setup.sh, as is wac): each imports what its
+# manifest grants, with `wasi:sockets` replaced by the trapping stub of
+# guest-sdk/python/no-sockets, which herald requires.
+[doc("Build the Python handlers (handlers/*-py) into target/handlers/.")]
+build-python: setup
+    cargo build --release --target wasm32-wasip2 -p herald-no-sockets
+    read -r env wac < <(guest-sdk/python/setup.sh) && \
+    for h in {{ py_handlers }} {{ replace_regex(py_fixtures, '(\S+)', 'fixtures/$1') }}; do \
+        "$env/bin/python" guest-sdk/python/build.py handlers/$h {{ out }}/$(dirname $h) \
+            --plug {{ target }}/wasm32-wasip2/release/herald_no_sockets.wasm --wac "$wac"; \
+    done
+
+# JavaScript handlers, with componentize-js (npm, pinned by
+# guest-sdk/js/package-lock.json; guest-sdk/js/setup.sh installs it).
+[doc("Build the JavaScript handlers (handlers/*-js) into target/handlers/.")]
+build-js:
+    guest-sdk/js/setup.sh {{ replace_regex(js_handlers, '(\S+)', 'handlers/$1') }}
+    for h in {{ js_handlers }}; do node guest-sdk/js/build.mjs handlers/$h {{ out }}; done
+
 # Build everything and run a node on an embedded Kafka cluster, with sample
 # events. The test broker for `just test` builds meanwhile, at the lowest
 # priority (it takes only the CPU the demo's build leaves), if it is not
@@ -66,7 +93,7 @@ demo: broker-idle build
 # while the unit tests build). Every suite runs even if one fails; the last
 # line is the total, "N passed, M failed".
 [doc("Build everything and run every test; ends with \"N passed, M failed\".")]
-test: broker package fixtures
+test: broker package fixtures build-python build-js
     # The firewall test needs nft and ip: installed when this is root with
     # apt; elsewhere that test prints SKIPPED and why.
     command -v nft >/dev/null && command -v ip >/dev/null || \
@@ -120,7 +147,7 @@ lint: setup
 # `just bench memory` (or throughput, latency; several: latency,memory) runs
 # those end-to-end sections only.
 [doc("Benchmarks, as ratios against baselines measured in the same run.")]
-bench filter="": build fixtures
+bench filter="": build fixtures build-python build-js
     tests/broker.sh install
     {{ if filter == "" { "cargo bench -p herald --bench sandbox && cargo bench -p herald --bench decode && cargo bench -p herald --bench pipeline && cargo bench -p herald --bench trust" } else { "true" } }}
     tests/broker.sh run cargo bench -p herald-tests --bench end_to_end -- {{ filter }}
@@ -128,7 +155,7 @@ bench filter="": build fixtures
 # The same benchmarks, smaller (about 90 s once built): to check a
 # change cheaply. Compare its figures with each other, not with the targets.
 [doc("The benchmarks, smaller: to compare a change with its parent.")]
-bench-quick filter="": build fixtures
+bench-quick filter="": build fixtures build-python build-js
     tests/broker.sh install
     {{ if filter == "" { "cargo bench -p herald --bench sandbox -- --quick && cargo bench -p herald --bench decode -- --quick && cargo bench -p herald --bench pipeline -- --quick && cargo bench -p herald --bench trust -- --quick" } else { "true" } }}
     HERALD_BENCH_QUICK=1 tests/broker.sh run cargo bench -p herald-tests --bench end_to_end -- {{ filter }}
