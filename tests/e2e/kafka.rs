@@ -31,13 +31,18 @@ async fn publish_blocks(c: &TestCluster, range: std::ops::Range<u32>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broadcast_reaches_every_node_and_shared_reaches_one() {
-    let broadcast = TestCluster::new("broadcast", 3, &[Install::builtin("blocking")]).await;
-    let shared = TestCluster::new(
-        "shared",
-        3,
-        &[Install::builtin("blocking").in_mode("shared")],
-    )
-    .await;
+    broadcast_and_shared("blocking").await;
+}
+
+/// Broadcast reaches every node and shared reaches one, with `handler` (the
+/// blocking handler in one language: `blocking`, `blocking-py`,
+/// `blocking-js`).
+pub async fn broadcast_and_shared(handler: &str) {
+    let mut broadcast = TestCluster::new("broadcast", 3, &[Install::builtin(handler)]).await;
+    let mut shared =
+        TestCluster::new("shared", 3, &[Install::builtin(handler).in_mode("shared")]).await;
+    broadcast.precompile();
+    shared.precompile();
     let mut nodes = Vec::new();
     for n in ["a", "b", "c"] {
         let mut b = broadcast.start(n);
@@ -199,7 +204,14 @@ async fn a_handler_that_always_fails_sends_to_the_dead_letter_topic() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_joiner_rebuilds_its_blocklist_from_the_log() {
-    let c = TestCluster::new("late", 3, &[Install::builtin("blocking")]).await;
+    late_joiner("blocking").await;
+}
+
+/// A late joiner rebuilds its blocklist from the log, with `handler` (as
+/// [`broadcast_and_shared`]).
+pub async fn late_joiner(handler: &str) {
+    let mut c = TestCluster::new("late", 3, &[Install::builtin(handler)]).await;
+    c.precompile();
     let mut first = c.start("a");
     first.wait_assigned(&c.broadcast_group("a"));
     publish_blocks(&c, 0..100).await;

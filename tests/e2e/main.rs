@@ -1,6 +1,6 @@
 //! Every end-to-end suite, one module each, in one test binary: the suites
 //! share herald's library and wasmtime, and linking them once instead of
-//! eleven times is minutes on a 2-core machine. `cargo test -p herald-tests
+//! a dozen times is minutes on a 2-core machine. `cargo test -p herald-tests
 //! node_api::` runs one suite.
 
 mod cli;
@@ -10,6 +10,7 @@ mod crash;
 mod firewall;
 mod hostile;
 mod kafka;
+mod languages;
 mod node_api;
 mod operations;
 mod package;

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -107,6 +108,9 @@ pub struct TestCluster {
     producer: FutureProducer,
     /// Extra settings merged into every node's config.
     pub settings: Value,
+    /// Start every node with its handlers already compiled (see
+    /// [`TestCluster::precompile`]).
+    precompiled: bool,
 }
 
 impl TestCluster {
@@ -163,6 +167,37 @@ impl TestCluster {
             handlers: folder,
             producer,
             settings: json!({}),
+            precompiled: false,
+        }
+    }
+
+    /// Start every node with its handlers compiled already, as a node finds
+    /// them after its first start: a Python or JavaScript component takes
+    /// 15 s or more of both cores to compile, once per node, which would be
+    /// most of a test's time. They are compiled once per test process
+    /// (`herald handler inspect`, into a cache of the test binary's own) and
+    /// the compiled files copied into each node's `<stateDir>/components`.
+    pub fn precompile(&mut self) {
+        self.precompiled = true;
+    }
+
+    fn seed_compiled(&self, state: &Path) {
+        let into = state.join("components");
+        if into.exists() {
+            return;
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&into)
+            .unwrap();
+        for entry in std::fs::read_dir(&self.handlers).unwrap() {
+            let wasm = entry.unwrap().path();
+            if wasm.extension().is_some_and(|e| e == "wasm") {
+                for file in crate::compiled(&wasm) {
+                    std::fs::copy(&file, into.join(file.file_name().unwrap())).unwrap();
+                }
+            }
         }
     }
 
@@ -296,7 +331,11 @@ impl TestCluster {
 
     /// [`TestCluster::start`] with extra environment variables.
     pub fn start_with_env(&self, node: &str, env: &[(&str, &str)]) -> NodeProcess {
-        NodeProcess::spawn(node, &self.config(node), &self.dir.path().join(node), env)
+        let state = self.dir.path().join(node);
+        if self.precompiled {
+            self.seed_compiled(&state);
+        }
+        NodeProcess::spawn(node, &self.config(node), &state, env)
     }
 
     /// Publish raw bytes to `topic`, unkeyed (junk, Stalwart batches).

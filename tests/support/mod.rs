@@ -33,6 +33,64 @@ pub fn handler(name: &str) -> PathBuf {
     path
 }
 
+/// A compile cache the tests share (`XDG_CACHE_HOME` for the `herald`
+/// commands they run): a Python or JavaScript component takes 15 s or more
+/// of both cores to compile, so each is compiled once, not once per test.
+/// In the target directory, where the build's own cache lives; entries are
+/// keyed by the component's digest and the engine, so a stale one is never
+/// used.
+pub fn compile_cache() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+        .join("test-compile-cache")
+}
+
+/// Compile `wasm` into [`compile_cache`] (once per test process, one at a
+/// time) and return its cache files: the compiled code and its record.
+pub fn compiled(wasm: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // herald names a compiled file after the wasm's SHA-256.
+    let sha = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(wasm).unwrap());
+    let digest: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let dir = compile_cache().join("herald").join("components");
+    let found = || -> Vec<PathBuf> {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().path())
+                    .filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with(&digest)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if found().is_empty() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(compile_cache())
+            .unwrap();
+        let out = std::process::Command::new(herald_bin())
+            .args(["handler", "inspect"])
+            .arg(wasm)
+            .env("XDG_CACHE_HOME", compile_cache())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "compiling {}: {out:?}",
+            wasm.display()
+        );
+    }
+    found()
+}
+
 /// The `herald` binary, or `$HERALD_BIN`.
 pub fn herald_bin() -> PathBuf {
     let path = std::env::var_os("HERALD_BIN")
