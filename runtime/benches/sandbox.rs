@@ -1,9 +1,11 @@
 //! Sandbox throughput: the blocking handler through wasmtime, with a fresh
 //! instance per batch (what the node does) and with a reused instance, at
 //! batch sizes 1 and 100, against the same handler logic called natively in
-//! the same run. Machines here are shared and noisy: read the ratios.
+//! the same run; then the same handler written in Python and JavaScript
+//! against the Rust one. Machines here are shared and noisy: read the ratios.
 //!
-//! Needs `target/handlers/blocking.wasm` (`just bench` builds it).
+//! Needs `target/handlers/blocking{,-py,-js}.wasm` (`just bench` builds
+//! them).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,19 +176,87 @@ fn native(events: &[herald_guest::Event], batch: usize) -> Duration {
     took
 }
 
-fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = root.join("target/handlers/blocking.wasm");
+/// The built component `name` (`target/handlers/<name>.wasm`, with its
+/// manifest), loaded with a deadline no benchmark reaches.
+fn load(sb: &Sandbox, name: &str, recipe: &str) -> Loaded {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/handlers");
+    let wasm = dir.join(format!("{name}.wasm"));
     let bytes = std::fs::read(&wasm)
-        .unwrap_or_else(|e| panic!("{}: {e} (run `just build`)", wasm.display()));
-    let mut manifest = Manifest::load(&root.join("handlers/blocking/blocking.toml")).unwrap();
+        .unwrap_or_else(|e| panic!("{}: {e} (run `just {recipe}`)", wasm.display()));
+    let mut manifest = Manifest::load(&dir.join(format!("{name}.toml"))).unwrap();
     manifest.limits.deadline = Duration::from_secs(60);
+    sb.load(&bytes, manifest)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", wasm.display()))
+}
+
+/// Median time to create an instance of `h` (store, instantiation from the
+/// pool, the snapshot's memory) and drop it, without calling it.
+async fn instantiate(sb: &Sandbox, h: &Loaded) -> Duration {
+    let effects = Arc::new(Counter::default());
+    let n = if quick() { 50 } else { 200 };
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        drop(sb.session(h, effects.clone()).await.unwrap());
+        took.push(start.elapsed());
+    }
+    took.sort();
+    took[n / 2]
+}
+
+/// The blocking handler in Rust, Python and JavaScript (`handlers/blocking`,
+/// `blocking-py`, `blocking-js`): what a fresh instance costs, and the cost
+/// per event with a fresh instance per batch of 100, the node's way (issue
+/// 27's target: at most 10x the Rust one), and in one instance reused.
+fn languages(sb: &Sandbox, rt: &tokio::runtime::Runtime, events: &[Event]) {
+    println!(
+        "\nthe same handler in three languages, fresh instance per batch of 100, {} events",
+        events.len()
+    );
+    println!(
+        "{:<12} {:>9} {:>16} {:>10} {:>9} {:>17}",
+        "language", "size", "instantiate µs", "µs/event", "vs Rust", "reused: µs/event"
+    );
+    let mut base = None;
+    for (language, name, recipe) in [
+        ("Rust", "blocking", "build"),
+        ("Python", "blocking-py", "build-python"),
+        ("JavaScript", "blocking-js", "build-js"),
+    ] {
+        let h = load(sb, name, recipe);
+        let size = std::fs::metadata(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("../target/handlers/{name}.wasm")),
+        )
+        .map(|m| m.len())
+        .unwrap_or(0);
+        let alone = rt.block_on(instantiate(sb, &h));
+        let took = median(|| rt.block_on(fresh(sb, &h, events, 100)));
+        let per = took.as_secs_f64() * 1e6 / events.len() as f64;
+        // The same batches in one instance: what is left is the handler and
+        // the lifting of its events; the difference is what a fresh instance
+        // per batch costs.
+        let warm = median(|| rt.block_on(reused(sb, &h, events, 100)));
+        let warm = warm.as_secs_f64() * 1e6 / events.len() as f64;
+        let base = *base.get_or_insert(per);
+        println!(
+            "{language:<12} {:>8.1}M {:>16.1} {per:>10.3} {:>8.1}x {warm:>17.3}",
+            size as f64 / (1 << 20) as f64,
+            alone.as_secs_f64() * 1e6,
+            per / base
+        );
+    }
+}
+
+fn main() {
+    // The compile cache: a Python or JavaScript component takes seconds to
+    // compile, and what is measured here is what comes after.
     let sb = Sandbox::new(SandboxConfig {
-        cache_dir: None,
         max_instances: 16,
+        ..SandboxConfig::default()
     })
     .unwrap();
-    let h = sb.load(&bytes, manifest).unwrap();
+    let h = load(&sb, "blocking", "build");
     let events = events();
     let natives = native_events(&events);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -226,5 +296,8 @@ fn main() {
                 took.as_secs_f64() / base.as_secs_f64()
             );
         }
+    }
+    if wanted("languages") {
+        languages(&sb, &rt, &events);
     }
 }
