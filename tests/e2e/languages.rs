@@ -275,3 +275,53 @@ fn inspect_says_what_a_python_component_costs() {
             .any(|i| i.contains("herald:coordination/push"))
     );
 }
+
+#[test]
+fn the_readmes_python_and_javascript_commands_work_as_written() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\njust build-python && just build-js\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's Python and JavaScript commands");
+    // Where the README's relative paths hold: a folder with the checkout's
+    // target/ and an events file of its own.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(root().join("target"), dir.path().join("target")).unwrap();
+    write_events(
+        dir.path(),
+        "events.jsonl",
+        &[
+            ip_block("e1", "203.0.113.7", "block", "auth failures"),
+            ip_block("e2", "not-an-ip", "block", "x"),
+            ip_block("e3", "::ffff:127.0.0.1", "block", "x"),
+        ],
+    );
+    let run = |line: &str| {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(args[0], "herald", "{line}");
+        let out = Command::new(herald_bin())
+            .args(&args[1..])
+            .current_dir(dir.path())
+            .env("XDG_CACHE_HOME", compile_cache())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let rust = run("herald handler test target/handlers/blocking.wasm events.jsonl");
+    assert!(rust.contains("covers loopback"), "{rust}");
+    let lines: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 3, "{block}");
+    for line in lines {
+        let out = run(line);
+        if line.contains(" test ") {
+            assert_eq!(out, rust, "{line}");
+        } else {
+            assert!(
+                out.contains("starts with") && out.contains("compiled in"),
+                "{out}"
+            );
+        }
+    }
+}
