@@ -1,6 +1,7 @@
 //! The networks every SDK must read alike. `networks.jsonl` holds inputs and
 //! what this SDK's `net` makes of them: the canonical text, the display, the
-//! loopback check and which of [`REFERENCE`] each overlaps, or the error. The
+//! loopback check and which of [`REFERENCE`] each overlaps (the file's first
+//! line lists them, for the other SDKs' tests), or the error. The
 //! Python and JavaScript SDKs' tests read the same file and must give the
 //! same answers, so a handler ported from Rust gives the same outcomes.
 //!
@@ -215,18 +216,27 @@ fn allowlist(setting: &str) -> Value {
 #[test]
 fn every_sdk_reads_these_networks_as_rust_does() {
     if std::env::var_os("HERALD_BLESS").is_some() {
-        let mut lines: Vec<String> = CHOSEN
-            .iter()
-            .map(|s| s.to_string())
-            .chain(generated())
-            .map(|i| answer(&i).to_string())
-            .collect();
+        let mut lines = vec![json!({ "reference": REFERENCE }).to_string()];
+        lines.extend(
+            CHOSEN
+                .iter()
+                .map(|s| s.to_string())
+                .chain(generated())
+                .map(|i| answer(&i).to_string()),
+        );
         lines.extend(ALLOWLISTS.iter().map(|s| allowlist(s).to_string()));
         std::fs::write(FILE, lines.join("\n") + "\n").unwrap();
     }
     let text = std::fs::read_to_string(FILE).unwrap();
+    let mut lines = text.lines();
+    let first: Value = serde_json::from_str(lines.next().unwrap_or_default()).unwrap();
+    assert_eq!(
+        first,
+        json!({ "reference": REFERENCE }),
+        "{FILE}: the first line"
+    );
     let mut checked = 0;
-    for line in text.lines() {
+    for line in lines {
         let want: Value = serde_json::from_str(line).unwrap();
         let got = match (want.get("input"), want.get("allowlist")) {
             (Some(Value::String(input)), _) => answer(input),

@@ -3,25 +3,12 @@
 
 use std::process::Command;
 
-use herald_tests::{handler, herald_bin, ip_block, write_events};
+use herald_tests::{handler, herald_bin, ip_block};
 use serde_json::Value;
 
 fn handler_test(wasm: &str, events: &[Value]) -> (Vec<Value>, bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write_events(dir.path(), "events.jsonl", events);
-    let out = Command::new(herald_bin())
-        .args(["handler", "test"])
-        .arg(handler(wasm))
-        .arg(&file)
-        .env("XDG_CACHE_HOME", dir.path())
-        .output()
-        .unwrap();
-    let lines = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (lines, out.status.success())
+    let run = herald_tests::handler_test(wasm, events, None);
+    (run.lines, run.ok)
 }
 
 #[test]

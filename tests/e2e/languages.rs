@@ -4,35 +4,16 @@
 //! tests on real nodes and a real broker, and the sandbox's limits holding
 //! for a 20 MB interpreter as they do for a Rust component.
 
-use std::path::Path;
 use std::process::Command;
 
-use herald_tests::{compile_cache, handler, herald_bin, ip_block, root, write_events};
+use herald_tests::{
+    compile_cache, handler, handler_test, herald_bin, ip_block, root, write_events,
+};
 use serde_json::{Value, json};
 
 use crate::kafka;
 
 const LANGUAGES: [&str; 3] = ["blocking", "blocking-py", "blocking-js"];
-
-/// `herald handler test` on `wasm` with `manifest`, one JSON value per
-/// line of its output.
-fn handler_test(wasm: &Path, manifest: &Path, events: &Path) -> Vec<Value> {
-    let out = Command::new(herald_bin())
-        .args(["handler", "test"])
-        .arg(wasm)
-        .arg(events)
-        .arg("--manifest")
-        .arg(manifest)
-        .env("XDG_CACHE_HOME", compile_cache())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}: {out:?}", wasm.display());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 /// Every spelling of `guest-sdk/tests/networks.jsonl` (the cases the SDKs'
 /// `net` modules are checked against, some 3000), blocked and unblocked,
@@ -55,28 +36,26 @@ fn events() -> Vec<Value> {
     events
 }
 
-fn manifest(dir: &Path, name: &str, allowlist: &str) -> std::path::PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!(
+/// A manifest for the blocking handler with `allowlist`.
+fn manifest(allowlist: &str) -> String {
+    format!(
         "subscribe = [\"ip-block\"]\nmode = \"broadcast\"\ncapabilities = [\"blocklist\"]\n\
          [limits]\ndeadline = \"2s\"\nmemory = \"32MiB\"\n[settings]\nallowlist = {allowlist:?}\n"
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    )
 }
 
 #[test]
 fn the_three_languages_give_every_event_the_same_outcome_and_effects() {
-    let dir = tempfile::tempdir().unwrap();
     let events = events();
-    let file = write_events(dir.path(), "events.jsonl", &events);
     // A working allowlist (IPv4, IPv6, a mapped address), then a broken one.
     for (allowlist, name) in [
         ("192.0.2.0/24, 2001:db8::1 ::ffff:10.1.0.0/112", "good"),
         ("10.0.0.0/8, nope", "broken"),
     ] {
-        let manifest = manifest(dir.path(), name, allowlist);
-        let rust = handler_test(&handler("blocking"), &manifest, &file);
+        let manifest = manifest(allowlist);
+        let run = handler_test("blocking", &events, Some(&manifest));
+        assert!(run.ok, "{}", run.stderr);
+        let rust = run.lines;
         assert_eq!(rust.len(), events.len());
         let count = |outcome: &str| rust.iter().filter(|l| l["outcome"] == outcome).count();
         if name == "good" {
@@ -94,7 +73,7 @@ fn the_three_languages_give_every_event_the_same_outcome_and_effects() {
             assert!(count("retry") > 500, "{allowlist}");
         }
         for other in &LANGUAGES[1..] {
-            let theirs = handler_test(&handler(other), &manifest, &file);
+            let theirs = handler_test(other, &events, Some(&manifest)).lines;
             assert_eq!(theirs.len(), rust.len(), "{other}");
             for (r, t) in rust.iter().zip(&theirs) {
                 assert_eq!(t, r, "{other} differs from Rust ({name} allowlist)");
@@ -126,28 +105,13 @@ async fn javascript_late_joiner_rebuilds_its_blocklist_from_the_log() {
 /// `herald handler test` on the hostile Python fixture, one event per
 /// line with `reason` saying how to misbehave.
 fn hostile(reasons: &[&str], manifest: Option<&str>) -> (Vec<Value>, String) {
-    let dir = tempfile::tempdir().unwrap();
     let events: Vec<Value> = reasons
         .iter()
         .enumerate()
         .map(|(i, r)| ip_block(&format!("h{i}"), &format!("203.0.113.{i}"), "block", r))
         .collect();
-    let file = write_events(dir.path(), "events.jsonl", &events);
-    let wasm = handler("fixtures/hostile-py");
-    let mut cmd = Command::new(herald_bin());
-    cmd.args(["handler", "test"]).arg(&wasm).arg(&file);
-    if let Some(text) = manifest {
-        let path = dir.path().join("manifest.toml");
-        std::fs::write(&path, text).unwrap();
-        cmd.arg("--manifest").arg(path);
-    }
-    let out = cmd.env("XDG_CACHE_HOME", compile_cache()).output().unwrap();
-    let lines = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (lines, String::from_utf8_lossy(&out.stderr).into_owned())
+    let run = handler_test("fixtures/hostile-py", &events, manifest);
+    (run.lines, run.stderr)
 }
 
 #[test]
@@ -201,31 +165,13 @@ fn a_python_handler_whose_manifest_leaves_it_too_little_memory_is_refused_naming
 #[test]
 fn a_python_handler_importing_an_ungranted_capability_is_refused_naming_it() {
     // blocking-py imports `blocklist`; a manifest without it must not load it.
-    let (_, stderr) = {
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = dir.path().join("m.toml");
-        std::fs::write(
-            &manifest,
-            "subscribe = [\"ip-block\"]\nmode = \"broadcast\"\n",
-        )
-        .unwrap();
-        let file = write_events(
-            dir.path(),
-            "e.jsonl",
-            &[ip_block("a", "203.0.113.7", "block", "x")],
-        );
-        let out = Command::new(herald_bin())
-            .args(["handler", "test"])
-            .arg(handler("blocking-py"))
-            .arg(&file)
-            .arg("--manifest")
-            .arg(&manifest)
-            .env("XDG_CACHE_HOME", compile_cache())
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        ((), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let run = handler_test(
+        "blocking-py",
+        &[ip_block("a", "203.0.113.7", "block", "x")],
+        Some("subscribe = [\"ip-block\"]\nmode = \"broadcast\"\n"),
+    );
+    assert!(!run.ok);
+    let stderr = run.stderr;
     assert!(
         stderr.contains("herald:coordination/blocklist@0.2.0")
             && stderr.contains("add \"blocklist\" to `capabilities`"),

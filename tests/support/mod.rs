@@ -91,6 +91,43 @@ pub fn compiled(wasm: &Path) -> Vec<PathBuf> {
     found()
 }
 
+/// What `herald handler test` printed (one JSON value per line), what it
+/// said on stderr, and whether it succeeded.
+pub struct HandlerRun {
+    pub lines: Vec<serde_json::Value>,
+    pub stderr: String,
+    pub ok: bool,
+}
+
+/// `herald handler test` on the built component `wasm` (e.g. "blocking",
+/// "fixtures/hostile-py") with `events`, and with `manifest` (its text) in
+/// place of the shipped one if given, compiling into [`compile_cache`].
+pub fn handler_test(
+    wasm: &str,
+    events: &[serde_json::Value],
+    manifest: Option<&str>,
+) -> HandlerRun {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_events(dir.path(), "events.jsonl", events);
+    let mut cmd = std::process::Command::new(herald_bin());
+    cmd.args(["handler", "test"]).arg(handler(wasm)).arg(&file);
+    if let Some(text) = manifest {
+        let path = dir.path().join("manifest.toml");
+        std::fs::write(&path, text).unwrap();
+        cmd.arg("--manifest").arg(path);
+    }
+    let out = cmd.env("XDG_CACHE_HOME", compile_cache()).output().unwrap();
+    HandlerRun {
+        lines: String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        ok: out.status.success(),
+    }
+}
+
 /// The `herald` binary, or `$HERALD_BIN`.
 pub fn herald_bin() -> PathBuf {
     let path = std::env::var_os("HERALD_BIN")
