@@ -7,7 +7,7 @@
 //! connection takes a slot: at most `api.maxConnections` in all and
 //! `api.maxConnectionsPerClient` per client: its user id over the Unix
 //! socket, and over TCP too when it connects from this machine (the owner
-//! of its socket, from the kernel's socket table: every local user comes
+//! of its socket, asked of the kernel (`api::owner`): every local user comes
 //! from 127.0.0.1, so by address one of them could take every other local
 //! user's slots, the mail server's included); its address otherwise. Past either, the connection gets a `503` at
 //! once and is closed, before any request is read. A connection must send
@@ -53,34 +53,12 @@ impl Peer {
     fn client(self) -> Client {
         match self {
             Peer::Known(client) => client,
-            Peer::Local { local, peer } => match local_uid(local, peer) {
+            Peer::Local { local, peer } => match super::owner::local_uid(local, peer) {
                 Some(uid) => Client::User(uid),
                 None => Client::Address(peer.ip()),
             },
         }
     }
-}
-
-/// The owner of the client's end of a TCP connection from this machine:
-/// the socket whose local address is `peer` and remote address `local`.
-fn local_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
-    let unmap = |a: SocketAddr| match a.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
-            None => a,
-        },
-        IpAddr::V4(_) => a,
-    };
-    let (local, peer) = (unmap(local), unmap(peer));
-    let table = match peer {
-        SocketAddr::V4(_) => procfs::net::tcp(),
-        SocketAddr::V6(_) => procfs::net::tcp6(),
-    }
-    .ok()?;
-    table
-        .into_iter()
-        .find(|e| e.local_address == peer && e.remote_address == local)
-        .map(|e| e.uid)
 }
 
 /// A listener the API serves: TCP or the Unix socket.

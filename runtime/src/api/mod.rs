@@ -23,6 +23,7 @@
 //! | POST | `/v1/stalwart/events` | publish events on Stalwart's topic, in its v0.16 format |
 
 mod listen;
+mod owner;
 mod stream;
 
 use std::net::SocketAddr;
