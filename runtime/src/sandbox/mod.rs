@@ -762,12 +762,11 @@ fn flush_output(store: &mut Store<HostState>) {
 
 /// The per-instance memory cap, over all the instance's linear memories
 /// together, remembering whether the guest hit it so a failed call can say
-/// so, and the most it held.
+/// so.
 pub(crate) struct MemoryCap {
     cap: u64,
     /// Bytes of linear memory the instance holds, all memories together.
     used: u64,
-    peak: u64,
     hit: bool,
 }
 
@@ -776,7 +775,6 @@ impl MemoryCap {
         MemoryCap {
             cap,
             used: 0,
-            peak: 0,
             hit: false,
         }
     }
@@ -796,7 +794,6 @@ impl ResourceLimiter for MemoryCap {
         self.hit |= !ok;
         if ok {
             self.used = used;
-            self.peak = self.peak.max(used);
         }
         Ok(ok)
     }
